@@ -1,0 +1,140 @@
+//! The command line: one binary, one subcommand per role.
+//!
+//! Every flag has an environment fallback where Kubernetes manifests usually set one
+//! (`CSI_ENDPOINT`, `NODE_ID`...). The parsed values are plain structs passed down; nothing
+//! here is global.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::server::Endpoint;
+use crate::telemetry::LogFormat;
+
+/// Default CSI endpoint, as mounted into the driver containers.
+pub const DEFAULT_ENDPOINT: &str = "unix:///csi/csi.sock";
+/// Default CSI driver name (the `provisioner` of StorageClasses).
+pub const DEFAULT_DRIVER_NAME: &str = "s3files.csi.dev";
+
+/// Kubernetes CSI driver for Amazon S3 Files.
+#[derive(Debug, Parser)]
+#[command(
+    name = "s3files-csi",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the CSI controller plugin (Identity + Controller services).
+    Controller(ControllerArgs),
+    /// Run the CSI node plugin (Identity + Node services) on a Kubernetes node.
+    Node(NodeArgs),
+    /// Ask a running plugin for its identity and readiness; exit 0 only when it is ready.
+    Health(HealthArgs),
+    // Later roles: `emulator` (#3), `mount` and `quickstart` (#6).
+}
+
+/// Logging flags, accepted before or after the subcommand.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log line format; the level filter comes from RUST_LOG (default: info).
+    #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// Flags of every role that serves CSI.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "CSI server")]
+pub struct ServeArgs {
+    /// Where to serve gRPC: unix:///path/csi.sock, or tcp://127.0.0.1:PORT for tests.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: Endpoint,
+
+    /// The CSI driver name, as StorageClasses name it in `provisioner`.
+    #[arg(long, env = "DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
+    pub driver_name: String,
+
+    /// Seconds that in-flight calls may run after SIGTERM before the process exits.
+    #[arg(long, default_value = "25", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+}
+
+/// `s3files-csi controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `s3files-csi node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    /// This node's id, as kubelet knows it (set it from spec.nodeName).
+    #[arg(long, env = "NODE_ID", help_heading = "Node")]
+    pub node_id: String,
+}
+
+/// `s3files-csi health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The plugin's endpoint.
+    #[arg(long, env = "CSI_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: Endpoint,
+
+    /// Keep asking for up to this many seconds until the plugin is up and ready.
+    #[arg(long, default_value = "0", value_parser = parse_seconds)]
+    pub wait: Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err(format!("{s} seconds is out of range (0 to 86400)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_takes_its_id_and_defaults_the_rest() {
+        let cli = Cli::try_parse_from(["s3files-csi", "node", "--node-id", "n1"]).expect("parses");
+        let Command::Node(args) = cli.command else {
+            panic!("expected node")
+        };
+        assert_eq!(args.node_id, "n1");
+        assert_eq!(args.serve.driver_name, DEFAULT_DRIVER_NAME);
+        assert_eq!(args.serve.endpoint.to_string(), DEFAULT_ENDPOINT);
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_rejected_at_parse_time() {
+        let err = Cli::try_parse_from(["s3files-csi", "controller", "--endpoint", "csi.sock"])
+            .expect_err("must fail");
+        assert!(err.to_string().contains("unix://"), "{err}");
+    }
+}

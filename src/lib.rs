@@ -1,0 +1,19 @@
+//! s3files-csi: a Kubernetes CSI driver for Amazon S3 Files.
+//!
+//! One binary serves every role (see `cli`). The gRPC layer (`identity`, `controller`, `node`)
+//! is thin: each method goes through `rpc::call`, which traces, logs with secrets redacted and
+//! converts the crate `Error` into a CSI status code in one place (`error`).
+//! `docs/ARCHITECTURE.md` describes how the parts fit together.
+
+pub mod cli;
+pub mod client;
+pub mod controller;
+pub mod csi;
+pub mod error;
+pub mod identity;
+pub mod node;
+pub mod rpc;
+pub mod server;
+pub mod telemetry;
+
+pub use error::{Error, Result};
