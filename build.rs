@@ -40,17 +40,16 @@ fn messages_with_secrets(proto: &str) -> Vec<String> {
     let mut current: Option<String> = None;
     for line in proto.lines() {
         let code = line.split("//").next().unwrap_or("").trim();
-        if depth == 0 {
-            if let Some(rest) = code.strip_prefix("message ") {
-                current = rest.split_whitespace().next().map(str::to_owned);
-            }
+        if depth == 0
+            && let Some(rest) = code.strip_prefix("message ")
+        {
+            current = rest.split_whitespace().next().map(str::to_owned);
         }
-        if code.contains("(csi_secret) = true") {
-            if let Some(name) = &current {
-                if !out.contains(name) {
-                    out.push(name.clone());
-                }
-            }
+        if code.contains("(csi_secret) = true")
+            && let Some(name) = &current
+            && !out.contains(name)
+        {
+            out.push(name.clone());
         }
         depth += code.matches('{').count();
         depth = depth.saturating_sub(code.matches('}').count());

@@ -228,10 +228,8 @@ fn remove_socket(path: &Path) {
     let is_socket = std::fs::symlink_metadata(path)
         .map(|m| m.file_type().is_socket())
         .unwrap_or(false);
-    if is_socket {
-        if let Err(e) = std::fs::remove_file(path) {
-            warn!(socket = %path.display(), error = %e, "could not remove socket");
-        }
+    if is_socket && let Err(e) = std::fs::remove_file(path) {
+        warn!(socket = %path.display(), error = %e, "could not remove socket");
     }
 }
 

@@ -1,6 +1,8 @@
 //! Logging: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON, with
 //! a panic hook so that a panic anywhere is one structured log line.
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +22,7 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
