@@ -41,7 +41,9 @@ pub enum Command {
     Node(NodeArgs),
     /// Ask a running plugin for its identity and readiness; exit 0 only when it is ready.
     Health(HealthArgs),
-    // Later roles: `emulator` (#3), `mount` and `quickstart` (#6).
+    /// Serve a local emulator of the S3 Files API (for tests, CI and the quickstart).
+    Emulator(EmulatorArgs),
+    // Later roles: `mount` and `quickstart` (#6).
 }
 
 /// Logging flags, accepted before or after the subcommand.
@@ -98,6 +100,98 @@ pub struct HealthArgs {
     /// Keep asking for up to this many seconds until the plugin is up and ready.
     #[arg(long, default_value = "0", value_parser = parse_seconds)]
     pub wait: Duration,
+}
+
+/// `s3files-csi emulator`.
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to serve the API on; point clients at it with AWS_ENDPOINT_URL_S3FILES.
+    #[arg(
+        long,
+        env = "S3FILES_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:9559"
+    )]
+    pub listen: std::net::SocketAddr,
+
+    /// Keep state here so it survives restarts; without it state lives in memory only.
+    #[arg(long, env = "S3FILES_EMULATOR_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
+    /// Region in ARNs and zone ids.
+    #[arg(
+        long,
+        env = "AWS_REGION",
+        default_value = "us-east-1",
+        help_heading = "Emulated account"
+    )]
+    pub region: String,
+
+    /// Account id in ARNs and ownerId.
+    #[arg(
+        long,
+        default_value = "123456789012",
+        help_heading = "Emulated account"
+    )]
+    pub account_id: String,
+
+    /// Availability zone ids that subnets map into (default: <region>-az1..3, e.g. use1-az1).
+    #[arg(long, value_delimiter = ',', help_heading = "Emulated account")]
+    pub zone_ids: Vec<String>,
+
+    /// Put a subnet in a zone: SUBNET=ZONE_ID (repeatable); other subnets are hashed onto zones.
+    #[arg(long, value_parser = parse_key_value, help_heading = "Emulated account")]
+    pub subnet_zone: Vec<(String, String)>,
+
+    /// Seconds new file systems, access points and mount targets stay `creating`.
+    #[arg(long, default_value = "0.5", value_parser = parse_seconds, help_heading = "Behaviour")]
+    pub ready_after: Duration,
+
+    /// File systems per account.
+    #[arg(long, default_value_t = 1000, help_heading = "Behaviour")]
+    pub max_file_systems: usize,
+
+    /// Access points per file system.
+    #[arg(long, default_value_t = 10_000, help_heading = "Behaviour")]
+    pub max_access_points: usize,
+
+    /// Directory holding one sub-directory per bucket (the local data plane reads it).
+    #[arg(
+        long,
+        default_value = "/tmp/s3files-emulator/buckets",
+        help_heading = "Bucket data"
+    )]
+    pub bucket_dir: std::path::PathBuf,
+
+    /// Buckets live on this S3-compatible endpoint instead of --bucket-dir.
+    #[arg(long, help_heading = "Bucket data")]
+    pub bucket_endpoint: Option<String>,
+
+    /// Fraction (0-1) of all calls answered with ThrottlingException.
+    #[arg(long, default_value_t = 0.0, help_heading = "Fault injection")]
+    pub throttle_rate: f64,
+
+    /// Fraction (0-1) of all calls answered with InternalServerException.
+    #[arg(long, default_value_t = 0.0, help_heading = "Fault injection")]
+    pub error_rate: f64,
+
+    /// Milliseconds added to every call.
+    #[arg(long, default_value_t = 0, help_heading = "Fault injection")]
+    pub latency_ms: u64,
+
+    /// Calls per second per operation: OPERATION=RATE (repeatable; `*` for all operations).
+    #[arg(long, value_parser = parse_key_value, help_heading = "Fault injection")]
+    pub rate_limit: Vec<(String, String)>,
+
+    /// Seed for ids and fault dice, for reproducible runs.
+    #[arg(long, help_heading = "Fault injection")]
+    pub seed: Option<u64>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod controller;
 pub mod csi;
+pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod node;

@@ -4,8 +4,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use s3files_csi::cli::{Cli, Command, HealthArgs, ServeArgs};
+use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, ServeArgs};
 use s3files_csi::controller::ControllerService;
+use s3files_csi::emulator::faults::FaultConfig;
+use s3files_csi::emulator::store::Settings;
+use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
 use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::node::{NodeService, validate_node_id};
 use s3files_csi::server::{Listener, Services, shutdown_signal};
@@ -47,7 +50,58 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             serve(&args.serve, services).await
         }
         Command::Health(args) => health(args).await,
+        Command::Emulator(args) => emulator(args).await,
     }
+}
+
+async fn emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
+    let config = emulator_config(args)?;
+    let listen = config.1;
+    let emu = Emulator::new(config.0)?;
+    emu.serve(listen, shutdown_signal(), |_| {}).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emulator_config(args: EmulatorArgs) -> anyhow::Result<(EmulatorConfig, std::net::SocketAddr)> {
+    let mut settings = Settings::for_region(&args.region);
+    settings.account_id = args.account_id;
+    if !args.zone_ids.is_empty() {
+        settings.zone_ids = args.zone_ids;
+    }
+    settings.subnet_zones = args.subnet_zone.into_iter().collect();
+    settings.ready_after = args.ready_after.as_secs_f64();
+    settings.max_file_systems = args.max_file_systems;
+    settings.max_access_points_per_file_system = args.max_access_points;
+    let mut faults = FaultConfig::default();
+    faults.default.throttle_rate = args.throttle_rate;
+    faults.default.error_rate = args.error_rate;
+    faults.default.latency_ms = args.latency_ms;
+    for (op, rate) in args.rate_limit {
+        let rate: f64 = rate
+            .parse()
+            .with_context(|| format!("--rate-limit {op}={rate}: not a number"))?;
+        if op == "*" {
+            faults.default.rate_limit = Some(rate);
+        } else {
+            let mut spec = faults.default.clone();
+            spec.rate_limit = Some(rate);
+            faults.operations.insert(op, spec);
+        }
+    }
+    let buckets = match args.bucket_endpoint {
+        Some(endpoint) => BucketStore::S3 { endpoint },
+        None => BucketStore::Local {
+            root: args.bucket_dir,
+        },
+    };
+    let config = EmulatorConfig {
+        settings,
+        state_dir: args.state_dir,
+        buckets,
+        faults,
+        seed: args.seed,
+    };
+    Ok((config, args.listen))
 }
 
 fn identity(args: &ServeArgs, mode: Mode) -> anyhow::Result<IdentityService> {
