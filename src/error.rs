@@ -51,6 +51,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The S3 Files API failed; the variant says how.
+    #[error(transparent)]
+    Cloud(#[from] crate::cloud::CloudError),
+
     /// A bug or an unexpected state of the driver itself.
     #[error("internal error: {0}")]
     Internal(String),
@@ -92,6 +96,23 @@ impl Error {
             // transient; Internal makes the CO retry with backoff and surfaces the message.
             Error::Io { .. } => Code::Internal,
             Error::Internal(_) => Code::Internal,
+            Error::Cloud(cloud) => {
+                use crate::cloud::CloudError as C;
+                match cloud {
+                    C::NotFound(_) => Code::NotFound,
+                    // A conflict the controller did not resolve means the object exists in a
+                    // form that does not match the request.
+                    C::Conflict { .. } => Code::AlreadyExists,
+                    // Still throttled after the SDK's retries: the CO should back off.
+                    C::Throttled(_) => Code::Unavailable,
+                    C::QuotaExceeded(_) => Code::ResourceExhausted,
+                    C::Validation(_) => Code::InvalidArgument,
+                    // Credentials or IAM policy: an operator must act; retrying will not help.
+                    C::AccessDenied(_) => Code::PermissionDenied,
+                    C::Transient(_) => Code::Unavailable,
+                    C::Other(_) => Code::Internal,
+                }
+            }
         }
     }
 }
@@ -108,6 +129,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::CloudError;
 
     #[test]
     fn each_variant_maps_to_its_csi_code() {
@@ -141,6 +163,30 @@ mod tests {
             ),
             (Error::io("creating /x", io), Code::Internal),
             (Error::Internal("x".into()), Code::Internal),
+            (CloudError::NotFound("x".into()).into(), Code::NotFound),
+            (
+                CloudError::Conflict {
+                    message: "x".into(),
+                    resource_id: None,
+                }
+                .into(),
+                Code::AlreadyExists,
+            ),
+            (CloudError::Throttled("x".into()).into(), Code::Unavailable),
+            (
+                CloudError::QuotaExceeded("x".into()).into(),
+                Code::ResourceExhausted,
+            ),
+            (
+                CloudError::Validation("x".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                CloudError::AccessDenied("x".into()).into(),
+                Code::PermissionDenied,
+            ),
+            (CloudError::Transient("x".into()).into(), Code::Unavailable),
+            (CloudError::Other("x".into()).into(), Code::Internal),
         ];
         for (err, code) in table {
             let status = Status::from(err);

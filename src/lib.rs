@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cloud;
 pub mod controller;
 pub mod csi;
 pub mod emulator;

@@ -841,9 +841,10 @@ impl State {
         match serde_json::from_str::<Value>(policy) {
             Ok(Value::Object(_)) => {}
             _ => {
-                return Err(
-                    Invalid("policy must be a JSON IAM policy document (an object)".into()).into(),
-                );
+                return Err(Invalid(
+                    "policy must be a JSON IAM policy document (an object)".into(),
+                )
+                .into());
             }
         }
         let fs = self.fs(raw)?;

@@ -1,0 +1,450 @@
+//! [`S3Files`] on the official `aws-sdk-s3files` client.
+//!
+//! Configuration comes from the standard AWS sources (`aws-config`): region, the default
+//! credential chain (environment, IRSA web identity, EKS Pod Identity, instance profile) and
+//! the standard endpoint settings `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3FILES`, which is how
+//! every component is pointed at the emulator. Calls use the SDK's adaptive retry mode, and an
+//! optional client-side token bucket spaces calls out so a burst of volumes does not become a
+//! throttling storm.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_s3files::Client;
+use aws_sdk_s3files::config::http::HttpResponse;
+use aws_sdk_s3files::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3files::types;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::*;
+
+/// How to build the client.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Overrides the region from the environment.
+    pub region: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL_S3FILES` / `AWS_ENDPOINT_URL`.
+    pub endpoint_url: Option<String>,
+    /// Attempts per call, including the first (SDK adaptive retry).
+    pub max_attempts: u32,
+    /// First retry backoff; later ones grow exponentially with jitter.
+    pub initial_backoff: Duration,
+    /// Client-side limit in calls per second across all operations; `None` for no limit.
+    pub rate_limit: Option<f64>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            region: None,
+            endpoint_url: None,
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            rate_limit: Some(10.0),
+        }
+    }
+}
+
+/// The SDK-backed client.
+#[derive(Clone)]
+pub struct AwsS3Files {
+    client: Client,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl AwsS3Files {
+    /// Loads the standard AWS configuration, with `options` on top.
+    pub async fn from_env(options: &ClientOptions) -> Self {
+        let retry = RetryConfig::adaptive()
+            .with_max_attempts(options.max_attempts.max(1))
+            .with_initial_backoff(options.initial_backoff);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        if let Some(region) = &options.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &options.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let sdk = loader.load().await;
+        Self::new(Client::new(&sdk), options.rate_limit)
+    }
+
+    /// Wraps an existing SDK client.
+    pub fn new(client: Client, rate_limit: Option<f64>) -> Self {
+        let limiter = rate_limit
+            .filter(|r| *r > 0.0 && r.is_finite())
+            .map(|per_second| {
+                let burst = NonZeroU32::new(per_second.ceil() as u32).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+                    .unwrap_or(Quota::per_second(burst))
+                    .allow_burst(burst);
+                Arc::new(RateLimiter::direct(quota))
+            });
+        AwsS3Files { client, limiter }
+    }
+
+    async fn pace(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+    }
+}
+
+/// Maps an SDK failure to what the caller should do about it.
+fn cloud_error<E>(op: &str, err: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or_default();
+            let message = format!("{op}: {}", e.message().unwrap_or(code));
+            match code {
+                "ResourceNotFoundException" => CloudError::NotFound(message),
+                "ConflictException" => CloudError::Conflict {
+                    message,
+                    resource_id: None,
+                },
+                "ThrottlingException"
+                | "TooManyRequestsException"
+                | "Throttling"
+                | "RequestLimitExceeded" => CloudError::Throttled(message),
+                "ServiceQuotaExceededException" => CloudError::QuotaExceeded(message),
+                "ValidationException" => CloudError::Validation(message),
+                "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException" => CloudError::AccessDenied(message),
+                "InternalServerException" => CloudError::Transient(message),
+                _ if service.raw().status().is_server_error() => CloudError::Transient(message),
+                _ => CloudError::Other(format!("{message} ({code})")),
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            CloudError::Transient(format!("{op}: {}", DisplayErrorContext(&err)))
+        }
+        _ => CloudError::Other(format!("{op}: {}", DisplayErrorContext(&err))),
+    }
+}
+
+fn u32_of(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn posix_user(p: Option<&types::PosixUser>) -> Option<PosixUser> {
+    p.map(|p| PosixUser {
+        uid: u32_of(p.uid()),
+        gid: u32_of(p.gid()),
+        secondary_gids: p.secondary_gids().iter().map(|g| u32_of(*g)).collect(),
+    })
+}
+
+fn root(r: Option<&types::RootDirectory>) -> (Option<String>, Option<CreationPermissions>) {
+    let Some(r) = r else { return (None, None) };
+    let perms = r.creation_permissions().map(|c| CreationPermissions {
+        owner_uid: u32_of(c.owner_uid()),
+        owner_gid: u32_of(c.owner_gid()),
+        permissions: c.permissions().to_owned(),
+    });
+    (r.path().map(str::to_owned), perms)
+}
+
+fn tags(t: &[types::Tag]) -> Vec<(String, String)> {
+    t.iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect()
+}
+
+fn sdk_tags(t: &[(String, String)]) -> Result<Option<Vec<types::Tag>>, CloudError> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.iter()
+        .map(|(k, v)| {
+            types::Tag::builder()
+                .key(k)
+                .value(v)
+                .build()
+                .map_err(|e| CloudError::Other(format!("building tag {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn mount_target(m: &types::ListMountTargetsDescription) -> MountTarget {
+    MountTarget {
+        id: m.mount_target_id().to_owned(),
+        file_system_id: m.file_system_id().unwrap_or_default().to_owned(),
+        availability_zone_id: m.availability_zone_id().map(str::to_owned),
+        subnet_id: m.subnet_id().to_owned(),
+        ipv4_address: m.ipv4_address().map(str::to_owned),
+        status: m
+            .status()
+            .map(|s| LifeCycle::parse(s.as_str()))
+            .unwrap_or(LifeCycle::Unknown(String::new())),
+    }
+}
+
+macro_rules! access_point_from {
+    ($o:expr, $token:expr, $tags:expr) => {{
+        let o = $o;
+        let (root_path, creation_permissions) = root(o.root_directory());
+        AccessPoint {
+            id: o.access_point_id().to_owned(),
+            arn: o.access_point_arn().to_owned(),
+            file_system_id: o.file_system_id().to_owned(),
+            client_token: $token,
+            status: LifeCycle::parse(o.status().as_str()),
+            posix_user: posix_user(o.posix_user()),
+            root_path,
+            creation_permissions,
+            tags: $tags,
+        }
+    }};
+}
+
+macro_rules! file_system_from {
+    ($o:expr) => {{
+        let o = $o;
+        FileSystem {
+            id: o.file_system_id().unwrap_or_default().to_owned(),
+            arn: o.file_system_arn().unwrap_or_default().to_owned(),
+            bucket: o.bucket().unwrap_or_default().to_owned(),
+            prefix: o.prefix().to_owned(),
+            status: o
+                .status()
+                .map(|s| LifeCycle::parse(s.as_str()))
+                .unwrap_or(LifeCycle::Unknown(String::new())),
+            status_message: o.status_message().map(str::to_owned),
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl S3Files for AwsS3Files {
+    async fn get_file_system(&self, id: &str) -> Result<FileSystem, CloudError> {
+        self.pace().await;
+        let out = self
+            .client
+            .get_file_system()
+            .file_system_id(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("GetFileSystem", e))?;
+        Ok(file_system_from!(&out))
+    }
+
+    async fn list_mount_targets(
+        &self,
+        file_system_id: &str,
+    ) -> Result<Vec<MountTarget>, CloudError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            self.pace().await;
+            let out = self
+                .client
+                .list_mount_targets()
+                .file_system_id(file_system_id)
+                .max_results(100)
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| cloud_error("ListMountTargets", e))?;
+            all.extend(out.mount_targets().iter().map(mount_target));
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    async fn create_access_point(&self, new: &NewAccessPoint) -> Result<AccessPoint, CloudError> {
+        let posix = match &new.posix_user {
+            Some(p) => Some(
+                types::PosixUser::builder()
+                    .uid(i64::from(p.uid))
+                    .gid(i64::from(p.gid))
+                    .set_secondary_gids(
+                        (!p.secondary_gids.is_empty())
+                            .then(|| p.secondary_gids.iter().map(|g| i64::from(*g)).collect()),
+                    )
+                    .build()
+                    .map_err(|e| CloudError::Other(format!("building posixUser: {e}")))?,
+            ),
+            None => None,
+        };
+        let perms = match &new.creation_permissions {
+            Some(c) => Some(
+                types::CreationPermissions::builder()
+                    .owner_uid(i64::from(c.owner_uid))
+                    .owner_gid(i64::from(c.owner_gid))
+                    .permissions(&c.permissions)
+                    .build()
+                    .map_err(|e| CloudError::Other(format!("building creationPermissions: {e}")))?,
+            ),
+            None => None,
+        };
+        let root_directory = (new.root_path.is_some() || perms.is_some()).then(|| {
+            types::RootDirectory::builder()
+                .set_path(new.root_path.clone())
+                .set_creation_permissions(perms)
+                .build()
+        });
+        self.pace().await;
+        let out = self
+            .client
+            .create_access_point()
+            .file_system_id(&new.file_system_id)
+            .client_token(&new.client_token)
+            .set_posix_user(posix)
+            .set_root_directory(root_directory)
+            .set_tags(sdk_tags(&new.tags)?)
+            .send()
+            .await
+            .map_err(|e| {
+                // Keep the id of the access point a conflicting token already names.
+                let resource_id = match &e {
+                    SdkError::ServiceError(s) => match s.err() {
+                        aws_sdk_s3files::operation::create_access_point::CreateAccessPointError::ConflictException(c) => {
+                            c.resource_id().map(str::to_owned)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                match cloud_error("CreateAccessPoint", e) {
+                    CloudError::Conflict { message, .. } => CloudError::Conflict { message, resource_id },
+                    other => other,
+                }
+            })?;
+        Ok(access_point_from!(
+            &out,
+            Some(out.client_token().to_owned()),
+            tags(out.tags())
+        ))
+    }
+
+    async fn get_access_point(&self, id: &str) -> Result<AccessPoint, CloudError> {
+        self.pace().await;
+        let out = self
+            .client
+            .get_access_point()
+            .access_point_id(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("GetAccessPoint", e))?;
+        Ok(access_point_from!(
+            &out,
+            Some(out.client_token().to_owned()),
+            tags(out.tags())
+        ))
+    }
+
+    async fn list_access_points_page(
+        &self,
+        file_system_id: &str,
+        next_token: Option<String>,
+    ) -> Result<(Vec<AccessPoint>, Option<String>), CloudError> {
+        self.pace().await;
+        let out = self
+            .client
+            .list_access_points()
+            .file_system_id(file_system_id)
+            .max_results(1000)
+            .set_next_token(next_token)
+            .send()
+            .await
+            .map_err(|e| cloud_error("ListAccessPoints", e))?;
+        let page = out
+            .access_points()
+            .iter()
+            .map(|a| access_point_from!(a, None, Vec::new()))
+            .collect();
+        let next = out
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        Ok((page, next))
+    }
+
+    async fn delete_access_point(&self, id: &str) -> Result<(), CloudError> {
+        self.pace().await;
+        self.client
+            .delete_access_point()
+            .access_point_id(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("DeleteAccessPoint", e))?;
+        Ok(())
+    }
+
+    async fn create_file_system(&self, new: &NewFileSystem) -> Result<FileSystem, CloudError> {
+        self.pace().await;
+        let out = self
+            .client
+            .create_file_system()
+            .bucket(&new.bucket_arn)
+            .set_prefix(new.prefix.clone())
+            .role_arn(&new.role_arn)
+            .set_client_token(new.client_token.clone())
+            .set_tags(sdk_tags(&new.tags)?)
+            .send()
+            .await
+            .map_err(|e| cloud_error("CreateFileSystem", e))?;
+        Ok(file_system_from!(&out))
+    }
+
+    async fn create_mount_target(
+        &self,
+        file_system_id: &str,
+        subnet_id: &str,
+    ) -> Result<MountTarget, CloudError> {
+        self.pace().await;
+        let o = self
+            .client
+            .create_mount_target()
+            .file_system_id(file_system_id)
+            .subnet_id(subnet_id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("CreateMountTarget", e))?;
+        Ok(MountTarget {
+            id: o.mount_target_id().to_owned(),
+            file_system_id: o.file_system_id().unwrap_or_default().to_owned(),
+            availability_zone_id: o.availability_zone_id().map(str::to_owned),
+            subnet_id: o.subnet_id().to_owned(),
+            ipv4_address: o.ipv4_address().map(str::to_owned),
+            status: o
+                .status()
+                .map(|s| LifeCycle::parse(s.as_str()))
+                .unwrap_or(LifeCycle::Unknown(String::new())),
+        })
+    }
+
+    async fn delete_mount_target(&self, id: &str) -> Result<(), CloudError> {
+        self.pace().await;
+        self.client
+            .delete_mount_target()
+            .mount_target_id(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("DeleteMountTarget", e))?;
+        Ok(())
+    }
+
+    async fn delete_file_system(&self, id: &str) -> Result<(), CloudError> {
+        self.pace().await;
+        self.client
+            .delete_file_system()
+            .file_system_id(id)
+            .send()
+            .await
+            .map_err(|e| cloud_error("DeleteFileSystem", e))?;
+        Ok(())
+    }
+}
