@@ -553,6 +553,12 @@ impl State {
         }
         let fs = self.fs(raw_fs)?;
         let tags = req.tags.clone().unwrap_or_default();
+        // An access point without a root directory is rooted at "/"; compare that way so a
+        // retry of the same request is recognised.
+        let root_directory = Some(req.root_directory.clone().unwrap_or(RootDirectory {
+            path: Some("/".into()),
+            creation_permissions: None,
+        }));
         if let Some(token) = &req.client_token
             && let Some(existing) = self
                 .access_points
@@ -561,7 +567,7 @@ impl State {
         {
             let same = existing.file_system_id == fs.id
                 && existing.posix_user == req.posix_user
-                && existing.root_directory == req.root_directory
+                && existing.root_directory == root_directory
                 && existing.tags == tags;
             if same {
                 return read_only((200, existing.describe(now)));
@@ -602,10 +608,7 @@ impl State {
                 .clone()
                 .unwrap_or_else(|| ids.next("token")),
             posix_user: req.posix_user.clone(),
-            root_directory: Some(req.root_directory.clone().unwrap_or(RootDirectory {
-                path: Some("/".into()),
-                creation_permissions: None,
-            })),
+            root_directory,
             tags,
             owner_id: s.account_id.clone(),
             available_at: now + s.ready_after,
@@ -928,27 +931,19 @@ impl State {
         })
     }
 
-    /// Tags of a file system or access point, and the change that would store new ones.
-    fn tagged(&self, raw: &str) -> ApiResult<(Vec<Tag>, Box<dyn Fn(Vec<Tag>) -> Change + '_>)> {
+    /// The taggable resource a tag API names.
+    fn tagged(&self, raw: &str) -> ApiResult<Tagged<'_>> {
         v::resource_id("resourceId", raw)?;
         if raw.contains("access-point/") || raw.starts_with("fsap-") {
-            let ap = self.ap(raw)?;
-            Ok((
-                ap.tags.clone(),
-                Box::new(move |tags| Change::PutAccessPoint(AccessPoint { tags, ..ap.clone() })),
-            ))
+            Ok(Tagged::AccessPoint(self.ap(raw)?))
         } else {
-            let fs = self.fs(raw)?;
-            Ok((
-                fs.tags.clone(),
-                Box::new(move |tags| Change::PutFileSystem(FileSystem { tags, ..fs.clone() })),
-            ))
+            Ok(Tagged::FileSystem(self.fs(raw)?))
         }
     }
 
     pub fn list_tags(&self, raw: &str, query: &Query) -> ApiResult<Outcome> {
         let limit = v::max_results("MaxResults", q(query, "MaxResults"), 50)?.unwrap_or(50);
-        let (tags, _) = self.tagged(raw)?;
+        let tags = self.tagged(raw)?.tags();
         let start = match q(query, "NextToken") {
             None => 0,
             Some(t) => t
@@ -975,7 +970,8 @@ impl State {
     ) -> ApiResult<Outcome> {
         let new = req.tags.ok_or_else(|| Invalid("tags is required".into()))?;
         v::tags("tags", &new)?;
-        let (mut tags, store) = self.tagged(raw)?;
+        let resource = self.tagged(raw)?;
+        let mut tags = resource.tags();
         for tag in new {
             match tags.iter_mut().find(|t| t.key == tag.key) {
                 Some(existing) => existing.value = tag.value,
@@ -986,7 +982,7 @@ impl State {
             return Err(Invalid(format!("a resource can have at most {} tags", s.max_tags)).into());
         }
         Ok(Outcome {
-            changes: vec![store(tags)],
+            changes: vec![resource.with_tags(tags)],
             answer: (200, Value::Null),
         })
     }
@@ -1001,12 +997,42 @@ impl State {
             return Err(Invalid("tagKeys is required".into()).into());
         }
         v::tag_keys("tagKeys", &keys)?;
-        let (mut tags, store) = self.tagged(raw)?;
+        let resource = self.tagged(raw)?;
+        let mut tags = resource.tags();
         tags.retain(|t| !t.key.as_ref().is_some_and(|k| keys.contains(k)));
         Ok(Outcome {
-            changes: vec![store(tags)],
+            changes: vec![resource.with_tags(tags)],
             answer: (200, Value::Null),
         })
+    }
+}
+
+/// A resource the tag APIs accept.
+enum Tagged<'a> {
+    FileSystem(&'a FileSystem),
+    AccessPoint(&'a AccessPoint),
+}
+
+impl Tagged<'_> {
+    fn tags(&self) -> Vec<Tag> {
+        match self {
+            Tagged::FileSystem(fs) => fs.tags.clone(),
+            Tagged::AccessPoint(ap) => ap.tags.clone(),
+        }
+    }
+
+    /// The change that stores the resource with `tags`.
+    fn with_tags(&self, tags: Vec<Tag>) -> Change {
+        match self {
+            Tagged::FileSystem(fs) => Change::PutFileSystem(FileSystem {
+                tags,
+                ..(*fs).clone()
+            }),
+            Tagged::AccessPoint(ap) => Change::PutAccessPoint(AccessPoint {
+                tags,
+                ..(*ap).clone()
+            }),
+        }
     }
 }
 
