@@ -77,6 +77,47 @@ pub struct ServeArgs {
 pub struct ControllerArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+
+    /// Tag on every access point the driver creates: KEY=VALUE. IAM policies can require it.
+    #[arg(long, default_value = "s3files.csi.dev/cluster=true", value_parser = parse_key_value, help_heading = "Provisioning")]
+    pub cluster_tag: (String, String),
+
+    /// Extra tags for every access point: KEY=VALUE, repeatable or comma-separated.
+    #[arg(long, env = "S3FILES_TAGS", value_delimiter = ',', value_parser = parse_key_value, help_heading = "Provisioning")]
+    pub tags: Vec<(String, String)>,
+
+    /// Seconds CreateVolume waits for a new access point to become available.
+    #[arg(long, default_value = "60", value_parser = parse_seconds, help_heading = "Provisioning")]
+    pub ready_timeout: Duration,
+
+    /// Where volume data is deleted for StorageClasses with onDelete: delete: `s3` (the buckets
+    /// through the S3 API) or `local:DIR` (bucket directories under DIR, for the emulator).
+    #[arg(long, env = "S3FILES_DATA_STORE", help_heading = "Provisioning")]
+    pub data_store: Option<String>,
+}
+
+/// How the driver reaches the S3 Files API.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "S3 Files API")]
+pub struct CloudArgs {
+    /// AWS region (default: from the environment, AWS_REGION, or instance metadata).
+    #[arg(long)]
+    pub region: Option<String>,
+
+    /// Endpoint of the S3 Files API, e.g. the emulator (default: AWS_ENDPOINT_URL_S3FILES or AWS).
+    #[arg(long)]
+    pub s3files_endpoint: Option<String>,
+
+    /// Client-side limit on S3 Files API calls per second (0 for none).
+    #[arg(long, default_value_t = 10.0)]
+    pub api_rate_limit: f64,
+
+    /// Attempts per API call, with adaptive retry.
+    #[arg(long, default_value_t = 5)]
+    pub api_max_attempts: u32,
 }
 
 /// `s3files-csi node`.

@@ -191,6 +191,9 @@ pub trait S3Files: Send + Sync + 'static {
     async fn delete_mount_target(&self, id: &str) -> Result<(), CloudError>;
     async fn delete_file_system(&self, id: &str) -> Result<(), CloudError>;
 
+    /// A cheap authenticated call, for readiness: succeeds when the API answers us.
+    async fn ping(&self) -> Result<(), CloudError>;
+
     /// Every access point of a file system, following all pages.
     async fn list_access_points(
         &self,

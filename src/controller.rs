@@ -1,54 +1,670 @@
-//! The CSI Controller service.
+//! The CSI Controller service: one S3 Files access point per dynamically provisioned volume.
 //!
-//! Provisioning lands with the controller issue (#4); until then every method except
-//! `ControllerGetCapabilities` answers `Unimplemented` with a message, so a CO that calls early
-//! gets a clear error rather than a hang or a crash.
+//! - `CreateVolume` is idempotent by volume name: the client token is derived from it, a
+//!   retried or crash-interrupted call finds and adopts the access point it made before, and the
+//!   call returns only once the access point is `available` (bounded by `ready_timeout`).
+//! - `DeleteVolume` deletes the access point (already gone is success) and, for StorageClasses
+//!   with `onDelete: delete`, first the files under its root through the S3 API.
+//! - Volumes are accessible from the zones where the file system has available mount targets.
+//! - A second call for a volume that is still being worked on answers `Aborted`.
 
+pub mod gid;
+pub mod params;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
-use crate::csi::{self, controller_server::Controller};
-use crate::error::Error;
-use crate::rpc;
+use crate::cloud::{
+    AccessPoint, CloudError, CreationPermissions, LifeCycle, NewAccessPoint, PosixUser, S3Files,
+};
+use crate::csi::{self, controller_server::Controller, controller_service_capability};
+use crate::error::{Error, Result};
+use crate::rpc::{self, csi_service_impl};
+use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
+use gid::GidAllocator;
+use params::{OnDelete, ProvisionParams};
 
-/// The Controller service.
-#[derive(Clone, Default)]
-pub struct ControllerService {}
+/// Topology key carrying the AWS availability zone id (`use1-az1`), set on EKS nodes.
+pub const TOPOLOGY_ZONE_ID_KEY: &str = "topology.k8s.aws/zone-id";
+/// The standard Kubernetes zone name key (`us-east-1a`).
+pub const TOPOLOGY_ZONE_KEY: &str = "topology.kubernetes.io/zone";
+/// Tag recording a StorageClass's `onDelete: delete` on the access point, read by DeleteVolume.
+pub const TAG_ON_DELETE: &str = "s3files.csi.dev/on-delete";
 
-impl ControllerService {
-    /// A controller with no capabilities yet.
-    pub fn new() -> Self {
-        Self {}
+/// Controller settings from the command line.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Tag put on every access point the driver creates (unless a StorageClass says
+    /// `enableTagging: false`); IAM policies can key on it.
+    pub cluster_tag: (String, String),
+    /// Tags from `--tags`, added to every access point.
+    pub extra_tags: Vec<(String, String)>,
+    /// How long CreateVolume waits for a new access point to become available.
+    pub ready_timeout: Duration,
+    /// How long file system and mount target facts are reused.
+    pub fs_cache_ttl: Duration,
+    /// How often the used GIDs of a file system are relearned.
+    pub gid_refresh: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            cluster_tag: ("s3files.csi.dev/cluster".into(), "true".into()),
+            extra_tags: Vec::new(),
+            ready_timeout: Duration::from_secs(60),
+            fs_cache_ttl: Duration::from_secs(60),
+            gid_refresh: Duration::from_secs(15 * 60),
+        }
     }
 }
 
-/// Writes a service's trait impl: the methods given under `implemented`, plus every method under
-/// `unimplemented` answering `Unimplemented` through the common RPC boundary, so early calls are
-/// logged and traced like any other. (The `async_trait` attribute must see the expanded methods,
-/// which is why the macro emits the whole impl block.)
-macro_rules! csi_service_impl {
-    (
-        impl $trait:ident for $ty:ty, service $service:literal;
-        implemented { $($implemented:tt)* }
-        unimplemented { $($fn_name:ident($method:literal, $req:ident) -> $resp:ident;)* }
-    ) => {
-        #[tonic::async_trait]
-        impl $trait for $ty {
-            $($implemented)*
-            $(
-                async fn $fn_name(
-                    &self,
-                    request: Request<csi::$req>,
-                ) -> Result<Response<csi::$resp>, Status> {
-                    rpc::call($method, request, |_| async {
-                        Err(Error::Unimplemented { service: $service, method: $method })
-                    })
-                    .await
-                }
-            )*
-        }
-    };
+/// Deletes a volume's files through the S3 API (see `crate::data`).
+#[tonic::async_trait]
+pub trait DataStore: Send + Sync + 'static {
+    /// Deletes every object under `prefix` of `bucket` (a bucket ARN); returns how many.
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64>;
 }
-pub(crate) use csi_service_impl;
+
+/// What the controller knows about a file system.
+#[derive(Clone, Debug)]
+struct FsInfo {
+    bucket: String,
+    prefix: String,
+    /// Zone ids of available mount targets.
+    zone_ids: Vec<String>,
+}
+
+struct Inner {
+    cloud: Arc<dyn S3Files>,
+    data: Option<Arc<dyn DataStore>>,
+    config: ControllerConfig,
+    gids: GidAllocator,
+    fs_cache: Mutex<HashMap<String, (Instant, FsInfo)>>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// The Controller service.
+#[derive(Clone)]
+pub struct ControllerService {
+    inner: Arc<Inner>,
+}
+
+/// Holds a volume's lock; dropping it releases the volume.
+struct VolumeLock {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl Drop for VolumeLock {
+    fn drop(&mut self) {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The client token for a volume: its name when that fits the API's 64 characters, else a
+/// SHA-256 of it (PV names are `pvc-<uid>`, 40 characters, so this is rare).
+pub fn client_token(volume_name: &str) -> String {
+    if volume_name.len() <= 64 && volume_name.chars().all(|c| c.is_ascii_graphic()) {
+        volume_name.to_owned()
+    } else {
+        format!("{:x}", Sha256::digest(volume_name.as_bytes()))
+    }
+}
+
+impl ControllerService {
+    pub fn new(
+        cloud: Arc<dyn S3Files>,
+        data: Option<Arc<dyn DataStore>>,
+        config: ControllerConfig,
+    ) -> Self {
+        let gids = GidAllocator::new(config.gid_refresh);
+        ControllerService {
+            inner: Arc::new(Inner {
+                cloud,
+                data,
+                config,
+                gids,
+                fs_cache: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    fn lock(&self, key: &str) -> Result<VolumeLock> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(key.to_owned()) {
+            return Err(Error::Busy(key.to_owned()));
+        }
+        Ok(VolumeLock {
+            inner: self.inner.clone(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// File system facts, from the cache when fresh.
+    async fn fs_info(&self, fs_id: &str) -> Result<FsInfo> {
+        let ttl = self.inner.config.fs_cache_ttl;
+        if let Some((at, info)) = self
+            .inner
+            .fs_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fs_id)
+            && at.elapsed() < ttl
+        {
+            return Ok(info.clone());
+        }
+        let fs = match self.inner.cloud.get_file_system(fs_id).await {
+            Ok(fs) => fs,
+            Err(CloudError::NotFound(_)) => {
+                return Err(Error::invalid_parameter(
+                    params::FILE_SYSTEM_ID,
+                    format!("file system {fs_id} does not exist in this account and region"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if fs.status != LifeCycle::Available {
+            return Err(Error::Unavailable(format!(
+                "file system {fs_id} is {}{}; retry when it is available",
+                fs.status,
+                fs.status_message
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            )));
+        }
+        let mut zone_ids: Vec<String> = self
+            .inner
+            .cloud
+            .list_mount_targets(fs_id)
+            .await?
+            .into_iter()
+            .filter(|m| m.status == LifeCycle::Available)
+            .filter_map(|m| m.availability_zone_id)
+            .collect();
+        zone_ids.sort();
+        zone_ids.dedup();
+        let info = FsInfo {
+            bucket: fs.bucket,
+            prefix: fs.prefix,
+            zone_ids,
+        };
+        self.inner
+            .fs_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fs_id.to_owned(), (Instant::now(), info.clone()));
+        Ok(info)
+    }
+
+    async fn create_volume(
+        &self,
+        req: csi::CreateVolumeRequest,
+    ) -> Result<csi::CreateVolumeResponse> {
+        if req.name.is_empty() {
+            return Err(Error::invalid("name", "must not be empty"));
+        }
+        if req.name.len() > 128 || req.name.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "name",
+                "must be at most 128 bytes without control characters",
+            ));
+        }
+        match check_capabilities(&req.volume_capabilities) {
+            CapabilityCheck::Supported => {}
+            CapabilityCheck::Invalid(why) | CapabilityCheck::Unsupported(why) => {
+                return Err(Error::invalid("volume_capabilities", why));
+            }
+        }
+        let capacity = capacity_bytes(req.capacity_range.as_ref())?;
+        if req.volume_content_source.is_some() {
+            return Err(Error::invalid(
+                "volume_content_source",
+                "S3 Files volumes cannot be cloned or restored from snapshots; remove dataSource from the PVC",
+            ));
+        }
+        if !req.mutable_parameters.is_empty() {
+            return Err(Error::invalid(
+                "mutable_parameters",
+                "this driver does not modify volumes; remove the VolumeAttributesClass",
+            ));
+        }
+        let params = ProvisionParams::parse(&req.name, &req.parameters)?;
+        let _lock = self.lock(&req.name)?;
+
+        let fs = self.fs_info(&params.file_system_id).await?;
+        let zones = accessible_zones(
+            &params.file_system_id,
+            &fs.zone_ids,
+            req.accessibility_requirements.as_ref(),
+        )?;
+
+        let token = client_token(&req.name);
+        let (uid, gid, allocated) = if params.ids.needs_allocation() {
+            let g = self
+                .inner
+                .gids
+                .allocate(
+                    self.inner.cloud.as_ref(),
+                    &params.file_system_id,
+                    params.ids.range,
+                )
+                .await?;
+            (
+                params.ids.uid.unwrap_or(g),
+                params.ids.gid.unwrap_or(g),
+                Some(g),
+            )
+        } else {
+            (
+                params.ids.uid.unwrap_or(0),
+                params.ids.gid.unwrap_or(0),
+                None,
+            )
+        };
+        let mut tags = Vec::new();
+        if params.tagging {
+            tags.push(self.inner.config.cluster_tag.clone());
+            tags.extend(self.inner.config.extra_tags.iter().cloned());
+            tags.extend(params.extra_tags.iter().cloned());
+        }
+        if params.on_delete == OnDelete::Delete {
+            tags.push((TAG_ON_DELETE.to_owned(), "delete".to_owned()));
+        }
+        let new = NewAccessPoint {
+            file_system_id: params.file_system_id.clone(),
+            client_token: token.clone(),
+            posix_user: Some(PosixUser {
+                uid,
+                gid,
+                secondary_gids: Vec::new(),
+            }),
+            root_path: Some(params.root_path.clone()),
+            creation_permissions: Some(CreationPermissions {
+                owner_uid: uid,
+                owner_gid: gid,
+                permissions: params.directory_perms.clone(),
+            }),
+            tags,
+        };
+        let ap = match self.inner.cloud.create_access_point(&new).await {
+            Ok(ap) => ap,
+            Err(CloudError::Conflict {
+                resource_id,
+                message,
+            }) => {
+                // The token names an access point made by an earlier attempt for this volume
+                // (with other parameters, e.g. a GID drawn before a restart): adopt it.
+                let existing = self
+                    .find_by_token(&params, &token, resource_id.as_deref())
+                    .await?;
+                let Some(existing) = existing else {
+                    if let Some(g) = allocated {
+                        self.inner.gids.release(&params.file_system_id, g).await;
+                    }
+                    return Err(Error::AlreadyExists(format!(
+                        "an access point conflicts with volume {}: {message}",
+                        req.name
+                    )));
+                };
+                info!(access_point = %existing.id, "adopting the access point an earlier attempt created");
+                if let Some(g) = allocated {
+                    self.inner.gids.release(&params.file_system_id, g).await;
+                }
+                if let Some(user) = &existing.posix_user {
+                    self.inner
+                        .gids
+                        .mark_used(&params.file_system_id, user.gid)
+                        .await;
+                }
+                existing
+            }
+            Err(e) => {
+                // Free the GID unless the access point may exist after all (a timeout).
+                let definitive = matches!(
+                    e,
+                    CloudError::Validation(_)
+                        | CloudError::QuotaExceeded(_)
+                        | CloudError::NotFound(_)
+                        | CloudError::AccessDenied(_)
+                );
+                if let (true, Some(g)) = (definitive, allocated) {
+                    self.inner.gids.release(&params.file_system_id, g).await;
+                }
+                return Err(match e {
+                    CloudError::QuotaExceeded(m) => Error::ResourceExhausted(format!(
+                        "{m}; file system {} has no room for another access point",
+                        params.file_system_id
+                    )),
+                    other => other.into(),
+                });
+            }
+        };
+        let ap = self.wait_available(ap).await?;
+        let handle = VolumeHandle::for_access_point(&params.file_system_id, &ap.id);
+        let accessible_topology = zones
+            .into_iter()
+            .map(|z| csi::Topology {
+                segments: [(TOPOLOGY_ZONE_ID_KEY.to_owned(), z)].into(),
+            })
+            .collect();
+        Ok(csi::CreateVolumeResponse {
+            volume: Some(csi::Volume {
+                capacity_bytes: capacity,
+                volume_id: handle.to_string(),
+                volume_context: [
+                    (
+                        "accessPointRoot".to_owned(),
+                        ap.root_path
+                            .clone()
+                            .unwrap_or_else(|| params.root_path.clone()),
+                    ),
+                    ("bucket".to_owned(), fs.bucket.clone()),
+                ]
+                .into(),
+                content_source: None,
+                accessible_topology,
+            }),
+        })
+    }
+
+    /// Finds the access point created with `token`: by the id a conflict named, else among
+    /// access points with the same root directory.
+    async fn find_by_token(
+        &self,
+        params: &ProvisionParams,
+        token: &str,
+        hint: Option<&str>,
+    ) -> Result<Option<AccessPoint>> {
+        let cloud = &self.inner.cloud;
+        if let Some(id) = hint {
+            match cloud.get_access_point(id).await {
+                Ok(ap)
+                    if ap.client_token.as_deref() == Some(token)
+                        && ap.file_system_id == params.file_system_id =>
+                {
+                    return Ok(Some(ap));
+                }
+                Ok(_) | Err(CloudError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for candidate in cloud.list_access_points(&params.file_system_id).await? {
+            if candidate.root_path.as_deref() != Some(params.root_path.as_str()) {
+                continue;
+            }
+            let full = cloud.get_access_point(&candidate.id).await?;
+            if full.client_token.as_deref() == Some(token) {
+                return Ok(Some(full));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn wait_available(&self, mut ap: AccessPoint) -> Result<AccessPoint> {
+        let deadline = Instant::now() + self.inner.config.ready_timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match &ap.status {
+                LifeCycle::Available => return Ok(ap),
+                LifeCycle::Creating | LifeCycle::Updating => {}
+                other => {
+                    return Err(Error::Internal(format!(
+                        "access point {} is {other}, not available",
+                        ap.id
+                    )));
+                }
+            }
+            if Instant::now() + delay > deadline {
+                return Err(Error::Unavailable(format!(
+                    "access point {} is still {} after {:?}; the CO will retry and find it",
+                    ap.id, ap.status, self.inner.config.ready_timeout
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+            ap = self.inner.cloud.get_access_point(&ap.id).await?;
+        }
+    }
+
+    async fn delete_volume(
+        &self,
+        req: csi::DeleteVolumeRequest,
+    ) -> Result<csi::DeleteVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        let handle = match VolumeHandle::parse(&req.volume_id) {
+            Ok(h) => h,
+            Err(why) => {
+                // Not a handle this driver made: there is nothing of ours to delete.
+                warn!(%why, "deleting a volume id this driver does not recognise; nothing to do");
+                return Ok(csi::DeleteVolumeResponse {});
+            }
+        };
+        let Some(ap_id) = handle.access_point_id.clone() else {
+            info!("static volume without an access point; nothing to delete");
+            return Ok(csi::DeleteVolumeResponse {});
+        };
+        let _lock = self.lock(&req.volume_id)?;
+        let ap = match self.inner.cloud.get_access_point(&ap_id).await {
+            Ok(ap) => ap,
+            Err(CloudError::NotFound(_)) => return Ok(csi::DeleteVolumeResponse {}),
+            Err(e) => return Err(e.into()),
+        };
+        if ap.file_system_id != handle.file_system_id {
+            return Err(Error::invalid(
+                "volume_id",
+                format!(
+                    "access point {ap_id} belongs to {}, not {}; refusing to delete it",
+                    ap.file_system_id, handle.file_system_id
+                ),
+            ));
+        }
+        let delete_data = ap
+            .tags
+            .iter()
+            .any(|(k, v)| k == TAG_ON_DELETE && v == "delete");
+        if delete_data {
+            self.delete_data(&handle.file_system_id, &ap).await?;
+        }
+        match self.inner.cloud.delete_access_point(&ap_id).await {
+            Ok(()) | Err(CloudError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(user) = &ap.posix_user {
+            self.inner
+                .gids
+                .release(&handle.file_system_id, user.gid)
+                .await;
+        }
+        Ok(csi::DeleteVolumeResponse {})
+    }
+
+    /// Deletes the objects under an access point's root directory. Refuses a root of `/`:
+    /// that would be the whole file system, not one volume.
+    async fn delete_data(&self, fs_id: &str, ap: &AccessPoint) -> Result<()> {
+        let Some(data) = &self.inner.data else {
+            return Err(Error::FailedPrecondition(format!(
+                "access point {} asks for its data to be deleted (onDelete: delete) but the controller has no data store; \
+                 start it with --data-store or remove the {TAG_ON_DELETE} tag",
+                ap.id
+            )));
+        };
+        let root = ap.root_path.as_deref().unwrap_or("/").trim_matches('/');
+        if root.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "access point {} is rooted at the file system root; refusing to delete every file",
+                ap.id
+            )));
+        }
+        let fs = self.fs_info(fs_id).await?;
+        let prefix = format!("{}{root}/", fs.prefix);
+        let deleted = data.delete_prefix(&fs.bucket, &prefix).await?;
+        info!(bucket = %fs.bucket, %prefix, deleted, "deleted the volume's data");
+        Ok(())
+    }
+
+    async fn validate(
+        &self,
+        req: csi::ValidateVolumeCapabilitiesRequest,
+    ) -> Result<csi::ValidateVolumeCapabilitiesResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(Error::invalid(
+                "volume_capabilities",
+                "must list at least one capability",
+            ));
+        }
+        let handle = VolumeHandle::parse(&req.volume_id)
+            .map_err(|why| Error::NotFound(format!("volume {}: {why}", req.volume_id)))?;
+        let exists = match &handle.access_point_id {
+            Some(ap) => self.inner.cloud.get_access_point(ap).await.map(|_| ()),
+            None => self
+                .inner
+                .cloud
+                .get_file_system(&handle.file_system_id)
+                .await
+                .map(|_| ()),
+        };
+        match exists {
+            Ok(()) => {}
+            Err(CloudError::NotFound(_)) => {
+                return Err(Error::NotFound(format!("volume {}", req.volume_id)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(match check_capabilities(&req.volume_capabilities) {
+            CapabilityCheck::Supported => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: req.mutable_parameters,
+                }),
+                message: String::new(),
+            },
+            CapabilityCheck::Invalid(why) => {
+                return Err(Error::invalid("volume_capabilities", why));
+            }
+            CapabilityCheck::Unsupported(why) => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why,
+            },
+        })
+    }
+
+    async fn expand(
+        &self,
+        req: csi::ControllerExpandVolumeRequest,
+    ) -> Result<csi::ControllerExpandVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        let Some(range) = req.capacity_range.as_ref() else {
+            return Err(Error::invalid("capacity_range", "is required"));
+        };
+        let capacity = capacity_bytes(Some(range))?;
+        let handle = VolumeHandle::parse(&req.volume_id)
+            .map_err(|why| Error::NotFound(format!("volume {}: {why}", req.volume_id)))?;
+        if let Some(ap) = &handle.access_point_id {
+            match self.inner.cloud.get_access_point(ap).await {
+                Ok(_) => {}
+                Err(CloudError::NotFound(_)) => {
+                    return Err(Error::NotFound(format!("volume {}", req.volume_id)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // S3 Files is elastic: there is nothing to grow, on the controller or on the node.
+        Ok(csi::ControllerExpandVolumeResponse {
+            capacity_bytes: capacity,
+            node_expansion_required: false,
+        })
+    }
+}
+
+/// The capacity to report: what was asked for (the file system is elastic, so any size fits).
+fn capacity_bytes(range: Option<&csi::CapacityRange>) -> Result<i64> {
+    let Some(range) = range else { return Ok(0) };
+    if range.required_bytes < 0 || range.limit_bytes < 0 {
+        return Err(Error::invalid(
+            "capacity_range",
+            "bytes must not be negative",
+        ));
+    }
+    if range.limit_bytes > 0 && range.limit_bytes < range.required_bytes {
+        return Err(Error::invalid(
+            "capacity_range",
+            "limit_bytes is below required_bytes",
+        ));
+    }
+    Ok(if range.required_bytes > 0 {
+        range.required_bytes
+    } else {
+        range.limit_bytes
+    })
+}
+
+/// The zones to report: where mount targets are available, narrowed to the CO's requisite
+/// zones when it names zone ids.
+fn accessible_zones(
+    fs_id: &str,
+    zone_ids: &[String],
+    req: Option<&csi::TopologyRequirement>,
+) -> Result<Vec<String>> {
+    if zone_ids.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "file system {fs_id} has no available mount targets, so no node could mount the volume; \
+             create a mount target in each zone your nodes run in"
+        )));
+    }
+    let requisite: Vec<&str> = req
+        .map(|r| {
+            r.requisite
+                .iter()
+                .filter_map(|t| t.segments.get(TOPOLOGY_ZONE_ID_KEY).map(String::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if requisite.is_empty() {
+        return Ok(zone_ids.to_vec());
+    }
+    let both: Vec<String> = zone_ids
+        .iter()
+        .filter(|z| requisite.contains(&z.as_str()))
+        .cloned()
+        .collect();
+    if both.is_empty() {
+        return Err(Error::ResourceExhausted(format!(
+            "file system {fs_id} has mount targets in {} but the volume must be reachable from {}; \
+             add a mount target there or schedule the pod elsewhere",
+            zone_ids.join(", "),
+            requisite.join(", ")
+        )));
+    }
+    Ok(both)
+}
+
+fn rpc_capability(t: controller_service_capability::rpc::Type) -> csi::ControllerServiceCapability {
+    csi::ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(
+            controller_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
 
 csi_service_impl! {
     impl Controller for ControllerService, service "Controller";
@@ -56,33 +672,120 @@ csi_service_impl! {
         async fn controller_get_capabilities(
             &self,
             request: Request<csi::ControllerGetCapabilitiesRequest>,
-        ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        ) -> std::result::Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+            use controller_service_capability::rpc::Type;
             rpc::call("ControllerGetCapabilities", request, |_| async {
-                Ok(csi::ControllerGetCapabilitiesResponse { capabilities: Vec::new() })
+                Ok(csi::ControllerGetCapabilitiesResponse {
+                    capabilities: [Type::CreateDeleteVolume, Type::ExpandVolume, Type::SingleNodeMultiWriter]
+                        .into_iter()
+                        .map(rpc_capability)
+                        .collect(),
+                })
             })
             .await
         }
+
+        async fn create_volume(
+            &self,
+            request: Request<csi::CreateVolumeRequest>,
+        ) -> std::result::Result<Response<csi::CreateVolumeResponse>, Status> {
+            rpc::call("CreateVolume", request, |req| self.create_volume(req)).await
+        }
+
+        async fn delete_volume(
+            &self,
+            request: Request<csi::DeleteVolumeRequest>,
+        ) -> std::result::Result<Response<csi::DeleteVolumeResponse>, Status> {
+            rpc::call("DeleteVolume", request, |req| self.delete_volume(req)).await
+        }
+
+        async fn validate_volume_capabilities(
+            &self,
+            request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+        ) -> std::result::Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+            rpc::call("ValidateVolumeCapabilities", request, |req| self.validate(req)).await
+        }
+
+        async fn controller_expand_volume(
+            &self,
+            request: Request<csi::ControllerExpandVolumeRequest>,
+        ) -> std::result::Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+            rpc::call("ControllerExpandVolume", request, |req| self.expand(req)).await
+        }
     }
     unimplemented {
-        create_volume("CreateVolume", CreateVolumeRequest) -> CreateVolumeResponse;
-        delete_volume("DeleteVolume", DeleteVolumeRequest) -> DeleteVolumeResponse;
         controller_publish_volume("ControllerPublishVolume", ControllerPublishVolumeRequest)
             -> ControllerPublishVolumeResponse;
         controller_unpublish_volume("ControllerUnpublishVolume", ControllerUnpublishVolumeRequest)
             -> ControllerUnpublishVolumeResponse;
-        validate_volume_capabilities("ValidateVolumeCapabilities", ValidateVolumeCapabilitiesRequest)
-            -> ValidateVolumeCapabilitiesResponse;
         list_volumes("ListVolumes", ListVolumesRequest) -> ListVolumesResponse;
         get_capacity("GetCapacity", GetCapacityRequest) -> GetCapacityResponse;
         create_snapshot("CreateSnapshot", CreateSnapshotRequest) -> CreateSnapshotResponse;
         delete_snapshot("DeleteSnapshot", DeleteSnapshotRequest) -> DeleteSnapshotResponse;
         list_snapshots("ListSnapshots", ListSnapshotsRequest) -> ListSnapshotsResponse;
         get_snapshot("GetSnapshot", GetSnapshotRequest) -> GetSnapshotResponse;
-        controller_expand_volume("ControllerExpandVolume", ControllerExpandVolumeRequest)
-            -> ControllerExpandVolumeResponse;
         controller_get_volume("ControllerGetVolume", ControllerGetVolumeRequest)
             -> ControllerGetVolumeResponse;
         controller_modify_volume("ControllerModifyVolume", ControllerModifyVolumeRequest)
             -> ControllerModifyVolumeResponse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_name_or_its_hash() {
+        assert_eq!(client_token("pvc-1234"), "pvc-1234");
+        let long = "x".repeat(100);
+        assert_eq!(client_token(&long).len(), 64);
+        assert_eq!(client_token(&long), client_token(&long));
+        assert_ne!(client_token(&long), client_token(&"y".repeat(100)));
+    }
+
+    #[test]
+    fn topology_is_the_mount_target_zones_narrowed_by_requisite() {
+        let zones = vec!["use1-az1".to_owned(), "use1-az2".to_owned()];
+        assert_eq!(accessible_zones("fs", &zones, None).expect("ok"), zones);
+        let req = csi::TopologyRequirement {
+            requisite: vec![csi::Topology {
+                segments: [(TOPOLOGY_ZONE_ID_KEY.to_owned(), "use1-az2".to_owned())].into(),
+            }],
+            preferred: vec![],
+        };
+        assert_eq!(
+            accessible_zones("fs", &zones, Some(&req)).expect("ok"),
+            ["use1-az2"]
+        );
+        let elsewhere = csi::TopologyRequirement {
+            requisite: vec![csi::Topology {
+                segments: [(TOPOLOGY_ZONE_ID_KEY.to_owned(), "use1-az9".to_owned())].into(),
+            }],
+            preferred: vec![],
+        };
+        assert_eq!(
+            accessible_zones("fs", &zones, Some(&elsewhere))
+                .expect_err("no overlap")
+                .code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            accessible_zones("fs", &[], None).expect_err("none").code(),
+            tonic::Code::FailedPrecondition
+        );
+    }
+
+    #[test]
+    fn capacity_is_what_was_asked() {
+        assert_eq!(capacity_bytes(None).expect("ok"), 0);
+        let r = |req, lim| csi::CapacityRange {
+            required_bytes: req,
+            limit_bytes: lim,
+        };
+        assert_eq!(capacity_bytes(Some(&r(5, 0))).expect("ok"), 5);
+        assert_eq!(capacity_bytes(Some(&r(0, 7))).expect("ok"), 7);
+        assert!(capacity_bytes(Some(&r(-1, 0))).is_err());
+        assert!(capacity_bytes(Some(&r(9, 3))).is_err());
     }
 }

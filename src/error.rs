@@ -69,6 +69,14 @@ impl Error {
         }
     }
 
+    /// A StorageClass parameter is wrong; `reason` says how to fix it.
+    pub fn invalid_parameter(key: &str, reason: impl std::fmt::Display) -> Self {
+        Error::InvalidArgument {
+            field: "parameters",
+            reason: format!("{key}: {reason}"),
+        }
+    }
+
     /// Shorthand for [`Error::Io`] with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {

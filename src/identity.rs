@@ -74,14 +74,25 @@ impl IdentityService {
             types.push(ServiceType::ControllerService);
         }
         types.push(ServiceType::VolumeAccessibilityConstraints);
-        types
+        let mut caps: Vec<PluginCapability> = types
             .into_iter()
             .map(|t| PluginCapability {
                 r#type: Some(csi::plugin_capability::Type::Service(
                     csi::plugin_capability::Service { r#type: t as i32 },
                 )),
             })
-            .collect()
+            .collect();
+        if self.mode == Mode::Controller {
+            // Resizes succeed at once (the file system is elastic), including while mounted.
+            caps.push(PluginCapability {
+                r#type: Some(csi::plugin_capability::Type::VolumeExpansion(
+                    csi::plugin_capability::VolumeExpansion {
+                        r#type: csi::plugin_capability::volume_expansion::Type::Online as i32,
+                    },
+                )),
+            });
+        }
+        caps
     }
 
     /// The first failing check's reason, or `None` when all pass.

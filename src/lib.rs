@@ -17,5 +17,6 @@ pub mod node;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;
+pub mod volume;
 
 pub use error::{Error, Result};

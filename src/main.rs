@@ -5,10 +5,15 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, ServeArgs};
-use s3files_csi::controller::ControllerService;
+use std::sync::Arc;
+
+use s3files_csi::cloud::S3Files;
+use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions, CloudReadiness};
+use s3files_csi::controller::{ControllerConfig, ControllerService, DataStore};
 use s3files_csi::emulator::faults::FaultConfig;
 use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
+use s3files_csi::identity::ReadinessCheck;
 use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::node::{NodeService, validate_node_id};
 use s3files_csi::server::{Listener, Services, shutdown_signal};
@@ -31,10 +36,31 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Controller(args) => {
-            let identity = identity(&args.serve, Mode::Controller)?;
+            validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
+            let options = ClientOptions {
+                region: args.cloud.region.clone(),
+                endpoint_url: args.cloud.s3files_endpoint.clone(),
+                max_attempts: args.cloud.api_max_attempts,
+                rate_limit: (args.cloud.api_rate_limit > 0.0).then_some(args.cloud.api_rate_limit),
+                ..ClientOptions::default()
+            };
+            let cloud: Arc<dyn S3Files> = Arc::new(AwsS3Files::from_env(&options).await);
+            let data = data_store(args.data_store.as_deref(), &options).await?;
+            let config = ControllerConfig {
+                cluster_tag: args.cluster_tag.clone(),
+                extra_tags: args.tags.clone(),
+                ready_timeout: args.ready_timeout,
+                ..ControllerConfig::default()
+            };
+            let readiness: Arc<dyn ReadinessCheck> = Arc::new(CloudReadiness::new(cloud.clone()));
+            let identity = IdentityService::new(
+                args.serve.driver_name.clone(),
+                Mode::Controller,
+                vec![readiness],
+            );
             let services = Services {
                 identity,
-                controller: Some(ControllerService::new()),
+                controller: Some(ControllerService::new(cloud, data, config)),
                 node: None,
             };
             serve(&args.serve, services).await
@@ -51,6 +77,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Health(args) => health(args).await,
         Command::Emulator(args) => emulator(args).await,
+    }
+}
+
+/// The data store for `onDelete: delete`, from `--data-store`.
+async fn data_store(
+    spec: Option<&str>,
+    _options: &ClientOptions,
+) -> anyhow::Result<Option<Arc<dyn DataStore>>> {
+    match spec {
+        None => Ok(None),
+        Some(other) => bail!("--data-store {other:?} is not supported yet"),
     }
 }
 

@@ -5,10 +5,9 @@
 
 use tonic::{Request, Response, Status};
 
-use crate::controller::csi_service_impl;
 use crate::csi::{self, node_server::Node};
-use crate::error::Error;
 use crate::rpc;
+use crate::rpc::csi_service_impl;
 
 /// The longest node id the CSI spec allows in `NodeGetInfoResponse`.
 pub const MAX_NODE_ID_BYTES: usize = 256;

@@ -152,6 +152,35 @@ where
     .await
 }
 
+/// Writes a service's trait impl: the methods given under `implemented`, plus every method under
+/// `unimplemented` answering `Unimplemented` through the common RPC boundary, so early calls are
+/// logged and traced like any other. (The `async_trait` attribute must see the expanded methods,
+/// which is why the macro emits the whole impl block.)
+macro_rules! csi_service_impl {
+    (
+        impl $trait:ident for $ty:ty, service $service:literal;
+        implemented { $($implemented:tt)* }
+        unimplemented { $($fn_name:ident($method:literal, $req:ident) -> $resp:ident;)* }
+    ) => {
+        #[tonic::async_trait]
+        impl $trait for $ty {
+            $($implemented)*
+            $(
+                async fn $fn_name(
+                    &self,
+                    request: tonic::Request<$crate::csi::$req>,
+                ) -> Result<tonic::Response<$crate::csi::$resp>, tonic::Status> {
+                    $crate::rpc::call($method, request, |_| async {
+                        Err($crate::error::Error::Unimplemented { service: $service, method: $method })
+                    })
+                    .await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use csi_service_impl;
+
 /// Outcomes that come from the request or the CO's timing rather than from a driver fault.
 fn is_callers_problem(code: Code) -> bool {
     matches!(

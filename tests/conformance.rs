@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::Plugin;
+use common::emulator::test_config;
+use common::{ControllerStack, Plugin, mount_capability};
+use s3files_csi::csi::volume_capability::access_mode::Mode as AccessMode;
 use s3files_csi::csi::{
     self, GetPluginCapabilitiesRequest, GetPluginInfoRequest, ProbeRequest,
     controller_client::ControllerClient, identity_client::IdentityClient, node_client::NodeClient,
@@ -15,6 +17,17 @@ use s3files_csi::csi::{
 use tonic::Code;
 
 const NODE: &[&str] = &["node", "--node-id", "conformance-node-1"];
+/// Starts the plugin in `mode`; controller mode gets an emulator behind it.
+async fn start(args: &[&str]) -> (Plugin, Option<ControllerStack>) {
+    if args.first() == Some(&"controller") {
+        let stack = ControllerStack::start(test_config(), &args[1..]).await;
+        let plugin = Plugin::start_with_env(args, &common::emulator_env(&stack.emulator.url)).await;
+        (plugin, Some(stack))
+    } else {
+        (Plugin::start(args).await, None)
+    }
+}
+
 const CONTROLLER: &[&str] = &["controller"];
 
 /// The CSI name rule: at most 63 characters, alphanumeric at both ends, `[-.a-zA-Z0-9]` between.
@@ -31,7 +44,7 @@ fn is_csi_name(name: &str) -> bool {
 #[tokio::test]
 async fn get_plugin_info_has_a_valid_name_and_a_version_in_both_modes() {
     for args in [NODE, CONTROLLER] {
-        let plugin = Plugin::start(args).await;
+        let (plugin, _stack) = start(args).await;
         let mut identity = IdentityClient::new(plugin.channel().await);
         let info = identity
             .get_plugin_info(GetPluginInfoRequest {})
@@ -90,19 +103,29 @@ async fn get_plugin_info_is_stable_across_calls() {
 
 fn service_types(caps: &[csi::PluginCapability]) -> Vec<plugin_capability::service::Type> {
     caps.iter()
-        .map(|c| match &c.r#type {
-            Some(plugin_capability::Type::Service(s)) => {
-                plugin_capability::service::Type::try_from(s.r#type).expect("known enum value")
-            }
-            other => panic!("unexpected capability {other:?}"),
+        .filter_map(|c| match &c.r#type {
+            Some(plugin_capability::Type::Service(s)) => Some(
+                plugin_capability::service::Type::try_from(s.r#type).expect("known enum value"),
+            ),
+            Some(plugin_capability::Type::VolumeExpansion(_)) => None,
+            None => panic!("capability without a type"),
         })
         .collect()
+}
+
+fn expansion(caps: &[csi::PluginCapability]) -> Option<plugin_capability::volume_expansion::Type> {
+    caps.iter().find_map(|c| match &c.r#type {
+        Some(plugin_capability::Type::VolumeExpansion(e)) => {
+            plugin_capability::volume_expansion::Type::try_from(e.r#type).ok()
+        }
+        _ => None,
+    })
 }
 
 #[tokio::test]
 async fn controller_mode_advertises_the_controller_service_and_topology() {
     use plugin_capability::service::Type;
-    let plugin = Plugin::start(CONTROLLER).await;
+    let (plugin, _stack) = start(CONTROLLER).await;
     let mut identity = IdentityClient::new(plugin.channel().await);
     let caps = identity
         .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
@@ -119,6 +142,11 @@ async fn controller_mode_advertises_the_controller_service_and_topology() {
     assert!(
         !types.contains(&Type::Unknown),
         "UNKNOWN must never be advertised"
+    );
+    assert_eq!(
+        expansion(&caps),
+        Some(plugin_capability::volume_expansion::Type::Online),
+        "resizes must work while mounted"
     );
 }
 
@@ -144,7 +172,7 @@ async fn node_mode_does_not_claim_a_controller_service() {
 #[tokio::test]
 async fn probe_succeeds_and_reports_readiness_explicitly() {
     for args in [NODE, CONTROLLER] {
-        let plugin = Plugin::start(args).await;
+        let (plugin, _stack) = start(args).await;
         let mut identity = IdentityClient::new(plugin.channel().await);
         let probe = identity.probe(ProbeRequest {}).await.expect("probe");
         assert_eq!(probe.into_inner().ready, Some(true));
@@ -180,25 +208,10 @@ async fn a_service_the_mode_does_not_serve_is_unimplemented() {
 }
 
 #[tokio::test]
-async fn controller_methods_not_offered_yet_answer_unimplemented_with_a_message() {
-    let plugin = Plugin::start(CONTROLLER).await;
-    let mut controller = ControllerClient::new(plugin.channel().await);
-    let caps = controller
-        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
-        .await
-        .expect("capabilities")
-        .into_inner();
-    assert!(caps.capabilities.iter().all(|c| c.r#type.is_some()));
-
+async fn controller_methods_the_driver_does_not_offer_answer_unimplemented() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
     let statuses = [
-        controller
-            .create_volume(csi::CreateVolumeRequest::default())
-            .await
-            .expect_err("create"),
-        controller
-            .delete_volume(csi::DeleteVolumeRequest::default())
-            .await
-            .expect_err("delete"),
         controller
             .list_volumes(csi::ListVolumesRequest::default())
             .await
@@ -211,11 +224,306 @@ async fn controller_methods_not_offered_yet_answer_unimplemented_with_a_message(
             .controller_publish_volume(csi::ControllerPublishVolumeRequest::default())
             .await
             .expect_err("publish"),
+        controller
+            .create_snapshot(csi::CreateSnapshotRequest::default())
+            .await
+            .expect_err("snapshot"),
     ];
     for status in statuses {
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
         assert!(status.message().contains("not supported"), "{status:?}");
     }
+}
+
+fn rpc_types(
+    caps: &[csi::ControllerServiceCapability],
+) -> Vec<csi::controller_service_capability::rpc::Type> {
+    caps.iter()
+        .map(|c| match &c.r#type {
+            Some(csi::controller_service_capability::Type::Rpc(r)) => {
+                csi::controller_service_capability::rpc::Type::try_from(r.r#type).expect("known")
+            }
+            None => panic!("capability without a type"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn controller_capabilities_match_what_the_controller_implements() {
+    use csi::controller_service_capability::rpc::Type;
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
+    let caps = controller
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .expect("caps")
+        .into_inner();
+    let types = rpc_types(&caps.capabilities);
+    assert!(types.contains(&Type::CreateDeleteVolume));
+    assert!(types.contains(&Type::ExpandVolume));
+    assert!(!types.contains(&Type::Unknown));
+    // Claimed capabilities must be served, unclaimed ones need not be.
+    assert!(
+        !types.contains(&Type::PublishUnpublishVolume),
+        "ControllerPublish is not implemented"
+    );
+    assert!(!types.contains(&Type::ListVolumes));
+}
+
+fn create_request(stack: &ControllerStack, name: &str) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![mount_capability(AccessMode::MultiNodeMultiWriter)],
+        parameters: stack.params(&[]),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: 5 << 30,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_volume_rejects_bad_requests_with_invalid_argument() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
+    let mut no_name = create_request(&stack, "x");
+    no_name.name.clear();
+    let mut no_caps = create_request(&stack, "pvc-nocaps");
+    no_caps.volume_capabilities.clear();
+    let mut block = create_request(&stack, "pvc-block");
+    block.volume_capabilities[0].access_type = Some(csi::volume_capability::AccessType::Block(
+        csi::volume_capability::BlockVolume {},
+    ));
+    let mut no_mode = create_request(&stack, "pvc-nomode");
+    no_mode.volume_capabilities[0].access_mode = None;
+    let mut bad_param = create_request(&stack, "pvc-badparam");
+    bad_param
+        .parameters
+        .insert("provisioningMode".into(), "efs-ap".into());
+    let mut clone = create_request(&stack, "pvc-clone");
+    clone.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: "s3files:fs-0123456789abcdef0".into(),
+            },
+        )),
+    });
+    let mut bad_capacity = create_request(&stack, "pvc-cap");
+    bad_capacity.capacity_range = Some(csi::CapacityRange {
+        required_bytes: 10,
+        limit_bytes: 5,
+    });
+    for (what, req) in [
+        ("empty name", no_name),
+        ("no capabilities", no_caps),
+        ("block", block),
+        ("no access mode", no_mode),
+        ("efs-ap", bad_param),
+        ("clone", clone),
+        ("limit below required", bad_capacity),
+    ] {
+        let status = controller.create_volume(req).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(!status.message().is_empty());
+    }
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        0,
+        "nothing created for bad requests"
+    );
+}
+
+#[tokio::test]
+async fn create_volume_is_idempotent_and_delete_volume_too() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
+    let first = controller
+        .create_volume(create_request(&stack, "pvc-idem"))
+        .await
+        .expect("create")
+        .into_inner();
+    let again = controller
+        .create_volume(create_request(&stack, "pvc-idem"))
+        .await
+        .expect("again")
+        .into_inner();
+    let (v1, v2) = (first.volume.expect("volume"), again.volume.expect("volume"));
+    assert_eq!(v1.volume_id, v2.volume_id);
+    assert!(
+        v1.volume_id
+            .starts_with(&format!("s3files:{}::fsap-", stack.fs_id)),
+        "{}",
+        v1.volume_id
+    );
+    assert_eq!(v1.capacity_bytes, 5 << 30);
+    let mut zones: Vec<_> = v1
+        .accessible_topology
+        .iter()
+        .map(|t| t.segments["topology.k8s.aws/zone-id"].clone())
+        .collect();
+    zones.sort();
+    assert_eq!(zones, ["use1-az1", "use1-az2"]);
+    assert_eq!(stack.emulator.emulator.access_point_count(), 1);
+
+    let delete = csi::DeleteVolumeRequest {
+        volume_id: v1.volume_id.clone(),
+        ..Default::default()
+    };
+    controller
+        .delete_volume(delete.clone())
+        .await
+        .expect("delete");
+    controller
+        .delete_volume(delete)
+        .await
+        .expect("second delete succeeds");
+    assert_eq!(stack.emulator.emulator.access_point_count(), 0);
+    let unknown = csi::DeleteVolumeRequest {
+        volume_id: "reallyfakevolumeid".into(),
+        ..Default::default()
+    };
+    controller
+        .delete_volume(unknown)
+        .await
+        .expect("unknown ids are already deleted");
+    let empty = controller
+        .delete_volume(csi::DeleteVolumeRequest::default())
+        .await
+        .expect_err("empty id");
+    assert_eq!(empty.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn validate_volume_capabilities_follows_the_spec() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
+    let volume = controller
+        .create_volume(create_request(&stack, "pvc-validate"))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let ok = controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_capabilities: vec![
+                mount_capability(AccessMode::SingleNodeWriter),
+                mount_capability(AccessMode::MultiNodeReaderOnly),
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(ok.confirmed.is_some(), "{ok:?}");
+    let mut block = mount_capability(AccessMode::SingleNodeWriter);
+    block.access_type = Some(csi::volume_capability::AccessType::Block(
+        csi::volume_capability::BlockVolume {},
+    ));
+    let no = controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_capabilities: vec![block],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(
+        no.confirmed.is_none() && no.message.contains("block"),
+        "{no:?}"
+    );
+    let missing = controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: format!("s3files:{}::fsap-0123456789abcdef0", stack.fs_id),
+            volume_capabilities: vec![mount_capability(AccessMode::SingleNodeWriter)],
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown volume");
+    assert_eq!(missing.code(), Code::NotFound);
+    for req in [
+        csi::ValidateVolumeCapabilitiesRequest {
+            volume_capabilities: vec![mount_capability(AccessMode::SingleNodeWriter)],
+            ..Default::default()
+        },
+        csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: volume.volume_id.clone(),
+            ..Default::default()
+        },
+    ] {
+        let status = controller
+            .validate_volume_capabilities(req)
+            .await
+            .expect_err("invalid");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+}
+
+#[tokio::test]
+async fn expand_volume_succeeds_without_node_work() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut controller = ControllerClient::new(stack.plugin.channel().await);
+    let volume = controller
+        .create_volume(create_request(&stack, "pvc-grow"))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let grown = controller
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: volume.volume_id,
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 100 << 30,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand")
+        .into_inner();
+    assert_eq!(grown.capacity_bytes, 100 << 30);
+    assert!(!grown.node_expansion_required);
+    let status = controller
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no capacity range");
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_second_call_for_a_volume_in_flight_is_aborted() {
+    let mut config = test_config();
+    config.faults.operations.insert(
+        "CreateAccessPoint".into(),
+        s3files_csi::emulator::faults::FaultSpec {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    );
+    let stack = ControllerStack::start(config, &[]).await;
+    let channel = stack.plugin.channel().await;
+    let mut first = ControllerClient::new(channel.clone());
+    let mut second = ControllerClient::new(channel);
+    // Both calls overlap: the API call inside takes 1.5 s.
+    let (a, b) = tokio::join!(
+        first.create_volume(create_request(&stack, "pvc-busy")),
+        second.create_volume(create_request(&stack, "pvc-busy")),
+    );
+    let (ok, aborted) = match (a, b) {
+        (Ok(ok), Err(status)) | (Err(status), Ok(ok)) => (ok, status),
+        other => panic!("expected one success and one Aborted, got {other:?}"),
+    };
+    assert_eq!(aborted.code(), Code::Aborted, "{aborted:?}");
+    assert!(aborted.message().contains("in progress"), "{aborted:?}");
+    assert!(ok.into_inner().volume.is_some());
+    assert_eq!(stack.emulator.emulator.access_point_count(), 1);
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ async fn the_socket_is_created_with_mode_0660() {
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_removes_the_socket() {
-    let plugin = Plugin::start(&["controller"]).await;
+    let plugin = Plugin::start(&["node", "--node-id", "n1"]).await;
     let socket = plugin.socket.clone();
     let (status, log) = plugin.terminate().await;
     assert!(status.success(), "exit {status:?}; log:\n{log}");
@@ -136,7 +136,8 @@ async fn health_reports_name_version_and_readiness() {
 
 #[tokio::test]
 async fn request_logs_show_the_request_but_never_its_secrets() {
-    let plugin = Plugin::start(&["controller"]).await;
+    let plugin =
+        Plugin::start_with_env(&["controller"], &common::emulator_env("http://127.0.0.1:9")).await;
     let mut controller = ControllerClient::new(plugin.channel().await);
     let request = csi::CreateVolumeRequest {
         name: "pvc-logged-name".into(),
@@ -184,9 +185,17 @@ impl ReadinessCheck for Gate {
 }
 
 fn services(mode: Mode, checks: Vec<Arc<dyn ReadinessCheck>>) -> Services {
+    // These tests exercise Identity only; the controller's API client points nowhere.
+    let cloud = || -> Arc<dyn s3files_csi::cloud::S3Files> {
+        Arc::new(s3files_csi::cloud::aws::AwsS3Files::new(
+            common::emulator::sdk_client("http://127.0.0.1:9", 1),
+            None,
+        ))
+    };
     Services {
         identity: IdentityService::new("s3files.csi.dev".into(), mode, checks),
-        controller: (mode == Mode::Controller).then(ControllerService::new),
+        controller: (mode == Mode::Controller)
+            .then(|| ControllerService::new(cloud(), None, Default::default())),
         node: None,
     }
 }

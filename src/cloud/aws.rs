@@ -447,4 +447,60 @@ impl S3Files for AwsS3Files {
             .map_err(|e| cloud_error("DeleteFileSystem", e))?;
         Ok(())
     }
+
+    async fn ping(&self) -> Result<(), CloudError> {
+        self.pace().await;
+        self.client
+            .list_file_systems()
+            .max_results(1)
+            .send()
+            .await
+            .map_err(|e| cloud_error("ListFileSystems", e))?;
+        Ok(())
+    }
+}
+
+/// Readiness of the controller: the S3 Files API answers with our credentials. A success is
+/// reused for 30 seconds so kubelet's probes do not become API traffic.
+pub struct CloudReadiness {
+    cloud: std::sync::Arc<dyn S3Files>,
+    last_ok: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl CloudReadiness {
+    pub fn new(cloud: std::sync::Arc<dyn S3Files>) -> Self {
+        CloudReadiness {
+            cloud,
+            last_ok: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl crate::identity::ReadinessCheck for CloudReadiness {
+    fn name(&self) -> &str {
+        "s3files-api"
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let fresh = self
+            .last_ok
+            .lock()
+            .map(|t| t.is_some_and(|t| t.elapsed() < Duration::from_secs(30)))
+            .unwrap_or(false);
+        if fresh {
+            return Ok(());
+        }
+        match self.cloud.ping().await {
+            Ok(()) => {
+                if let Ok(mut t) = self.last_ok.lock() {
+                    *t = Some(std::time::Instant::now());
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "{e}; check the region, credentials and AWS_ENDPOINT_URL_S3FILES"
+            )),
+        }
+    }
 }

@@ -36,10 +36,29 @@ impl Plugin {
         plugin
     }
 
+    /// Starts the plugin with extra environment variables.
+    pub async fn start_with_env(args: &[&str], env: &[(&str, String)]) -> Plugin {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("csi.sock");
+        let plugin = Self::spawn_with_env(args, &socket, dir, env);
+        plugin.wait_serving().await;
+        plugin
+    }
+
     /// Spawns without waiting; the socket lives in `dir`.
     pub fn spawn_at(args: &[&str], socket: &std::path::Path, dir: tempfile::TempDir) -> Plugin {
+        Self::spawn_with_env(args, socket, dir, &[])
+    }
+
+    pub fn spawn_with_env(
+        args: &[&str],
+        socket: &std::path::Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, String)],
+    ) -> Plugin {
         let endpoint = Endpoint::Unix(socket.to_path_buf());
         let mut child = Command::new(BIN)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .args(args)
             .arg("--endpoint")
             .arg(endpoint.to_string())
@@ -169,6 +188,17 @@ pub async fn wait_with_deadline(child: &mut Child, limit: Duration) -> ExitStatu
     }
 }
 
+/// Environment pointing the driver's SDK client at an emulator.
+pub fn emulator_env(url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL_S3FILES", url.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "AKIDEMULATOR".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
 /// Runs the binary to completion and returns (exit status, stdout, stderr).
 pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(BIN)
@@ -181,4 +211,89 @@ pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// An emulator with one available file system and mount targets in two zones, and a
+/// controller plugin talking to it.
+pub struct ControllerStack {
+    pub emulator: emulator::RunningEmulator,
+    pub plugin: Plugin,
+    pub fs_id: String,
+}
+
+pub const SUBNET_A: &str = "subnet-0aaaaaaaaaaaaaaa1";
+pub const SUBNET_B: &str = "subnet-0bbbbbbbbbbbbbbb2";
+
+impl ControllerStack {
+    pub async fn start(
+        mut config: s3files_csi::emulator::Config,
+        args: &[&str],
+    ) -> ControllerStack {
+        use s3files_csi::cloud::{NewFileSystem, S3Files};
+        config
+            .settings
+            .subnet_zones
+            .insert(SUBNET_A.into(), "use1-az1".into());
+        config
+            .settings
+            .subnet_zones
+            .insert(SUBNET_B.into(), "use1-az2".into());
+        let ready_after = config.settings.ready_after;
+        config.settings.ready_after = 0.0;
+        let emulator = emulator::RunningEmulator::start(config).await;
+        let cloud = emulator.cloud();
+        let fs = cloud
+            .create_file_system(&NewFileSystem {
+                bucket_arn: "arn:aws:s3:::stack-bucket".into(),
+                prefix: Some("k8s/".into()),
+                role_arn: emulator::ROLE.into(),
+                client_token: None,
+                tags: vec![],
+            })
+            .await
+            .expect("file system");
+        cloud
+            .create_mount_target(&fs.id, SUBNET_A)
+            .await
+            .expect("mount target a");
+        cloud
+            .create_mount_target(&fs.id, SUBNET_B)
+            .await
+            .expect("mount target b");
+        let _ = ready_after;
+        let mut all = vec!["controller", "--api-rate-limit", "0"];
+        all.extend_from_slice(args);
+        let plugin = Plugin::start_with_env(&all, &emulator_env(&emulator.url)).await;
+        ControllerStack {
+            emulator,
+            plugin,
+            fs_id: fs.id,
+        }
+    }
+
+    /// StorageClass parameters for this stack's file system.
+    pub fn params(&self, extra: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        let mut p: std::collections::HashMap<String, String> = [
+            ("provisioningMode".to_owned(), "s3files-ap".to_owned()),
+            ("fileSystemId".to_owned(), self.fs_id.clone()),
+        ]
+        .into();
+        for (k, v) in extra {
+            p.insert((*k).to_owned(), (*v).to_owned());
+        }
+        p
+    }
+}
+
+/// A mount capability with `mode`.
+pub fn mount_capability(
+    mode: s3files_csi::csi::volume_capability::access_mode::Mode,
+) -> s3files_csi::csi::VolumeCapability {
+    use s3files_csi::csi::{VolumeCapability, volume_capability};
+    VolumeCapability {
+        access_type: Some(volume_capability::AccessType::Mount(
+            volume_capability::MountVolume::default(),
+        )),
+        access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+    }
 }
