@@ -115,9 +115,17 @@ pub struct CloudArgs {
     #[arg(long, default_value_t = 10.0)]
     pub api_rate_limit: f64,
 
-    /// Attempts per API call, with adaptive retry.
+    /// Attempts per API call.
     #[arg(long, default_value_t = 5)]
     pub api_max_attempts: u32,
+
+    /// Retry mode: `adaptive` also slows the client after throttles; `standard` only backs off.
+    #[arg(long, default_value = "adaptive", value_parser = ["adaptive", "standard"])]
+    pub api_retry_mode: String,
+
+    /// Seconds before the first retry; later ones back off exponentially with jitter.
+    #[arg(long, default_value = "1", value_parser = parse_seconds)]
+    pub api_initial_backoff: Duration,
 }
 
 /// `s3files-csi node`.

@@ -85,6 +85,8 @@ struct Inner {
     state: State,
     journal: Option<Journal>,
     ids: IdGen,
+    /// Overrides `settings.ready_after` when set at run time.
+    ready_after: Option<f64>,
 }
 
 /// The emulator: state, faults and settings, shared by all requests.
@@ -127,6 +129,7 @@ impl Emulator {
                 state,
                 journal,
                 ids: IdGen::new(config.seed),
+                ready_after: None,
             }),
             settings: config.settings,
             buckets: config.buckets,
@@ -173,8 +176,16 @@ impl Emulator {
             state,
             journal,
             ids,
+            ready_after,
         } = &mut *inner;
-        let outcome = run(state, &self.settings, ids, now())?;
+        let settings = match ready_after {
+            Some(r) => std::borrow::Cow::Owned(Settings {
+                ready_after: *r,
+                ..self.settings.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.settings),
+        };
+        let outcome = run(state, &settings, ids, now())?;
         if outcome.changes.is_empty() {
             return Ok(outcome.answer);
         }
@@ -269,6 +280,14 @@ impl Emulator {
             .await?;
         info!("emulator stopped");
         Ok(())
+    }
+
+    /// Changes how long new resources stay `creating` (for tests).
+    pub fn set_ready_after(&self, seconds: f64) {
+        // Settings are read under the state lock, so swap them there.
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.ready_after = Some(seconds);
+        }
     }
 
     /// Number of access points currently stored (for tests and benchmarks).

@@ -42,7 +42,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 endpoint_url: args.cloud.s3files_endpoint.clone(),
                 max_attempts: args.cloud.api_max_attempts,
                 rate_limit: (args.cloud.api_rate_limit > 0.0).then_some(args.cloud.api_rate_limit),
-                ..ClientOptions::default()
+                adaptive: args.cloud.api_retry_mode == "adaptive",
+                initial_backoff: args.cloud.api_initial_backoff,
             };
             let cloud: Arc<dyn S3Files> = Arc::new(AwsS3Files::from_env(&options).await);
             let data = data_store(args.data_store.as_deref(), &options).await?;

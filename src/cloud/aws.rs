@@ -34,6 +34,8 @@ pub struct ClientOptions {
     pub initial_backoff: Duration,
     /// Client-side limit in calls per second across all operations; `None` for no limit.
     pub rate_limit: Option<f64>,
+    /// Adaptive retry (the SDK also slows itself down after throttles); else standard retry.
+    pub adaptive: bool,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +46,7 @@ impl Default for ClientOptions {
             max_attempts: 5,
             initial_backoff: Duration::from_secs(1),
             rate_limit: Some(10.0),
+            adaptive: true,
         }
     }
 }
@@ -58,7 +61,12 @@ pub struct AwsS3Files {
 impl AwsS3Files {
     /// Loads the standard AWS configuration, with `options` on top.
     pub async fn from_env(options: &ClientOptions) -> Self {
-        let retry = RetryConfig::adaptive()
+        let retry = if options.adaptive {
+            RetryConfig::adaptive()
+        } else {
+            RetryConfig::standard()
+        };
+        let retry = retry
             .with_max_attempts(options.max_attempts.max(1))
             .with_initial_backoff(options.initial_backoff);
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);

@@ -1,0 +1,412 @@
+//! Provisioning as users meet it: the controller binary over its socket, the real SDK, the
+//! emulator behind it, with faults and crashes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::emulator::test_config;
+use common::{ControllerStack, Plugin, emulator_env, mount_capability};
+use s3files_csi::cloud::{CreationPermissions, NewAccessPoint, PosixUser, S3Files};
+use s3files_csi::csi::controller_client::ControllerClient;
+use s3files_csi::csi::volume_capability::access_mode::Mode as AccessMode;
+use s3files_csi::csi::{self};
+use s3files_csi::emulator::faults::FaultSpec;
+use s3files_csi::volume::VolumeHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn request(
+    stack: &ControllerStack,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        volume_capabilities: vec![mount_capability(AccessMode::MultiNodeMultiWriter)],
+        parameters: stack.params(extra),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    client: &mut ControllerClient<Channel>,
+    req: csi::CreateVolumeRequest,
+) -> VolumeHandle {
+    let volume = client
+        .create_volume(req)
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    VolumeHandle::parse(&volume.volume_id).expect("handle")
+}
+
+/// Retries like csi-provisioner: until the call succeeds, on any retryable code.
+async fn create_until_done(
+    client: &mut ControllerClient<Channel>,
+    req: csi::CreateVolumeRequest,
+) -> String {
+    loop {
+        match client.create_volume(req.clone()).await {
+            Ok(r) => return r.into_inner().volume.expect("volume").volume_id,
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Aborted | Code::Internal | Code::DeadlineExceeded
+                ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(s) => panic!("CreateVolume failed for good: {s:?}"),
+        }
+    }
+}
+
+async fn delete_until_done(client: &mut ControllerClient<Channel>, volume_id: &str) {
+    let req = csi::DeleteVolumeRequest {
+        volume_id: volume_id.into(),
+        ..Default::default()
+    };
+    loop {
+        match client.delete_volume(req.clone()).await {
+            Ok(_) => return,
+            Err(s) if matches!(s.code(), Code::Unavailable | Code::Aborted | Code::Internal) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(s) => panic!("DeleteVolume failed for good: {s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn storage_class_parameters_shape_the_access_point() {
+    let stack = ControllerStack::start(test_config(), &["--tags", "team=storage"]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let mut req = request(
+        &stack,
+        "pvc-11111111-2222-3333-4444-555555555555",
+        &[
+            ("directoryPerms", "750"),
+            ("uid", "1001"),
+            ("gid", "2002"),
+            ("basePath", "/k8s"),
+            ("subPathPattern", "${.PVC.namespace}/${.PVC.name}"),
+            ("ensureUniqueDirectory", "false"),
+            ("onDelete", "delete"),
+        ],
+    );
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/name".into(), "data".into());
+    req.parameters
+        .insert("csi.storage.k8s.io/pvc/namespace".into(), "team-a".into());
+    let handle = create(&mut client, req).await;
+    let ap = stack
+        .emulator
+        .cloud()
+        .get_access_point(handle.access_point_id.as_deref().expect("ap"))
+        .await
+        .expect("ap");
+    assert_eq!(ap.root_path.as_deref(), Some("/k8s/team-a/data"));
+    assert_eq!(
+        ap.posix_user,
+        Some(PosixUser {
+            uid: 1001,
+            gid: 2002,
+            secondary_gids: vec![]
+        })
+    );
+    assert_eq!(
+        ap.creation_permissions,
+        Some(CreationPermissions {
+            owner_uid: 1001,
+            owner_gid: 2002,
+            permissions: "0750".into()
+        })
+    );
+    let tags: HashSet<(String, String)> = ap.tags.into_iter().collect();
+    assert!(
+        tags.contains(&("s3files.csi.dev/cluster".into(), "true".into())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&("team".into(), "storage".into())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&("s3files.csi.dev/on-delete".into(), "delete".into())),
+        "{tags:?}"
+    );
+    assert_eq!(
+        ap.client_token.as_deref(),
+        Some("pvc-11111111-2222-3333-4444-555555555555")
+    );
+}
+
+#[tokio::test]
+async fn each_volume_gets_its_own_gid_from_the_range_across_restarts() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let params = [("gidRangeStart", "7000"), ("gidRangeEnd", "7004")];
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let mut gids = Vec::new();
+    for i in 0..3 {
+        let handle = create(
+            &mut client,
+            request(&stack, &format!("pvc-gid-{i}"), &params),
+        )
+        .await;
+        let ap = stack
+            .emulator
+            .cloud()
+            .get_access_point(handle.access_point_id.as_deref().expect("ap"))
+            .await
+            .expect("ap");
+        gids.push(ap.posix_user.expect("user").gid);
+    }
+    assert_eq!(gids, [7000, 7001, 7002]);
+
+    // A new controller process learns the used GIDs from the API.
+    let fresh = Plugin::start_with_env(
+        &["controller", "--api-rate-limit", "0"],
+        &emulator_env(&stack.emulator.url),
+    )
+    .await;
+    let mut client = ControllerClient::new(fresh.channel().await);
+    for i in 3..5 {
+        let handle = create(
+            &mut client,
+            request(&stack, &format!("pvc-gid-{i}"), &params),
+        )
+        .await;
+        let ap = stack
+            .emulator
+            .cloud()
+            .get_access_point(handle.access_point_id.as_deref().expect("ap"))
+            .await
+            .expect("ap");
+        gids.push(ap.posix_user.expect("user").gid);
+    }
+    assert_eq!(gids, [7000, 7001, 7002, 7003, 7004]);
+    let full = client
+        .create_volume(request(&stack, "pvc-gid-5", &params))
+        .await
+        .expect_err("range exhausted");
+    assert_eq!(full.code(), Code::ResourceExhausted);
+    assert!(full.message().contains("gidRangeStart"), "{full:?}");
+}
+
+#[tokio::test]
+async fn an_access_point_left_by_an_interrupted_attempt_is_adopted() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    // What a crashed attempt leaves behind: an access point with this volume's token but
+    // another GID than a restarted controller would draw.
+    let orphan = stack
+        .emulator
+        .cloud()
+        .create_access_point(&NewAccessPoint {
+            file_system_id: stack.fs_id.clone(),
+            client_token: "pvc-adopt".into(),
+            posix_user: Some(PosixUser {
+                uid: 59_999,
+                gid: 59_999,
+                secondary_gids: vec![],
+            }),
+            root_path: Some("/pvc-adopt".into()),
+            creation_permissions: None,
+            tags: vec![],
+        })
+        .await
+        .expect("orphan");
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let handle = create(&mut client, request(&stack, "pvc-adopt", &[])).await;
+    assert_eq!(handle.access_point_id.as_deref(), Some(orphan.id.as_str()));
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        1,
+        "no second access point"
+    );
+}
+
+#[tokio::test]
+async fn create_volume_waits_until_the_access_point_is_available() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    stack.emulator.emulator.set_ready_after(0.8);
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let handle = create(&mut client, request(&stack, "pvc-wait", &[])).await;
+    let ap = stack
+        .emulator
+        .cloud()
+        .get_access_point(handle.access_point_id.as_deref().expect("ap"))
+        .await
+        .expect("ap");
+    assert_eq!(ap.status, s3files_csi::cloud::LifeCycle::Available);
+}
+
+#[tokio::test]
+async fn a_missing_file_system_or_unreachable_zone_is_explained() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let mut req = request(&stack, "pvc-nofs", &[]);
+    req.parameters
+        .insert("fileSystemId".into(), "fs-0000000000000000f".into());
+    let status = client.create_volume(req).await.expect_err("no such fs");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("does not exist"), "{status:?}");
+
+    let mut req = request(&stack, "pvc-zone", &[]);
+    req.accessibility_requirements = Some(csi::TopologyRequirement {
+        requisite: vec![csi::Topology {
+            segments: [("topology.k8s.aws/zone-id".to_owned(), "use1-az3".to_owned())].into(),
+        }],
+        preferred: vec![],
+    });
+    let status = client
+        .create_volume(req)
+        .await
+        .expect_err("no mount target there");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("use1-az3"), "{status:?}");
+}
+
+/// 500 create/delete cycles under 20% throttling and 5% server errors: every volume exists
+/// exactly once while it lives, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_leave_no_duplicate_and_no_leaked_access_point() {
+    let mut config = test_config();
+    config.faults.default = FaultSpec {
+        throttle_rate: 0.2,
+        error_rate: 0.05,
+        ..Default::default()
+    };
+    let stack = ControllerStack::start(
+        config,
+        &[
+            "--api-retry-mode",
+            "standard",
+            "--api-initial-backoff",
+            "0.005",
+            "--api-max-attempts",
+            "3",
+        ],
+    )
+    .await;
+    let channel = stack.plugin.channel().await;
+    let workers = 8;
+    let per_worker = 500 / workers + 1;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let mut client = ControllerClient::new(channel.clone());
+        let reqs: Vec<_> = (0..per_worker)
+            .map(|i| w * per_worker + i)
+            .filter(|n| *n < 500)
+            .map(|n| request(&stack, &format!("pvc-fault-{n:03}"), &[]))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for req in reqs {
+                ids.push(create_until_done(&mut client, req).await);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("worker"));
+    }
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 500, "500 distinct volumes");
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        500,
+        "exactly one access point per volume"
+    );
+    assert!(
+        stack
+            .emulator
+            .emulator
+            .faults
+            .calls("CreateAccessPoint", "ThrottlingException")
+            > 0
+    );
+
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(500 / workers + 1) {
+        let mut client = ControllerClient::new(channel.clone());
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                delete_until_done(&mut client, &id).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        0,
+        "no access point leaked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_mid_burst_leaves_no_duplicates() {
+    let mut config = test_config();
+    config.faults.operations.insert(
+        "CreateAccessPoint".into(),
+        FaultSpec {
+            latency_ms: 30,
+            ..Default::default()
+        },
+    );
+    let stack = ControllerStack::start(config, &[]).await;
+    let names: Vec<String> = (0..60).map(|i| format!("pvc-crash-{i:02}")).collect();
+
+    // A burst the controller dies in the middle of.
+    let mut tasks = Vec::new();
+    for chunk in names.chunks(10) {
+        let mut client = ControllerClient::new(stack.plugin.channel().await);
+        let reqs: Vec<_> = chunk.iter().map(|n| request(&stack, n, &[])).collect();
+        tasks.push(tokio::spawn(async move {
+            for req in reqs {
+                if client.create_volume(req).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stack.emulator.emulator.access_point_count() < 15 {
+        assert!(std::time::Instant::now() < deadline, "burst did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    common::send_signal(stack.plugin.pid(), "KILL");
+    for t in tasks {
+        let _ = t.await;
+    }
+    let before = stack.emulator.emulator.access_point_count();
+    assert!(
+        before < names.len(),
+        "the kill interrupted the burst ({before} created)"
+    );
+
+    // The CO retries every volume against a restarted controller.
+    let restarted = Plugin::start_with_env(
+        &["controller", "--api-rate-limit", "0"],
+        &emulator_env(&stack.emulator.url),
+    )
+    .await;
+    let mut client = ControllerClient::new(restarted.channel().await);
+    let mut ids = HashSet::new();
+    for name in &names {
+        ids.insert(create_until_done(&mut client, request(&stack, name, &[])).await);
+    }
+    assert_eq!(ids.len(), names.len());
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        names.len(),
+        "one access point per volume, none twice"
+    );
+}
