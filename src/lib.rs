@@ -10,6 +10,7 @@ pub mod client;
 pub mod cloud;
 pub mod controller;
 pub mod csi;
+pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod identity;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use s3files_csi::cloud::S3Files;
 use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions, CloudReadiness};
 use s3files_csi::controller::{ControllerConfig, ControllerService, DataStore};
+use s3files_csi::data::{DataLocation, ObjectData};
 use s3files_csi::emulator::faults::FaultConfig;
 use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
@@ -46,7 +47,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 initial_backoff: args.cloud.api_initial_backoff,
             };
             let cloud: Arc<dyn S3Files> = Arc::new(AwsS3Files::from_env(&options).await);
-            let data = data_store(args.data_store.as_deref(), &options).await?;
+            let data = data_store(args.data_store.as_deref())?;
             let config = ControllerConfig {
                 cluster_tag: args.cluster_tag.clone(),
                 extra_tags: args.tags.clone(),
@@ -82,14 +83,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// The data store for `onDelete: delete`, from `--data-store`.
-async fn data_store(
-    spec: Option<&str>,
-    _options: &ClientOptions,
-) -> anyhow::Result<Option<Arc<dyn DataStore>>> {
-    match spec {
-        None => Ok(None),
-        Some(other) => bail!("--data-store {other:?} is not supported yet"),
-    }
+fn data_store(spec: Option<&str>) -> anyhow::Result<Option<Arc<dyn DataStore>>> {
+    let Some(spec) = spec else { return Ok(None) };
+    let location = DataLocation::parse(spec).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(ObjectData::new(location))))
 }
 
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {

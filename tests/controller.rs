@@ -410,3 +410,92 @@ async fn killing_the_controller_mid_burst_leaves_no_duplicates() {
         "one access point per volume, none twice"
     );
 }
+
+fn write_files(root: &std::path::Path, files: &[&str]) {
+    for f in files {
+        let p = root.join(f);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, b"data").expect("write");
+    }
+}
+
+#[tokio::test]
+async fn on_delete_delete_removes_exactly_the_volumes_files() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let buckets = stack.emulator.buckets.path().to_owned();
+    let store = format!("local:{}", buckets.display());
+    let plugin = Plugin::start_with_env(
+        &[
+            "controller",
+            "--api-rate-limit",
+            "0",
+            "--data-store",
+            &store,
+        ],
+        &emulator_env(&stack.emulator.url),
+    )
+    .await;
+    let mut client = ControllerClient::new(plugin.channel().await);
+    let doomed = create(
+        &mut client,
+        request(&stack, "pvc-doomed", &[("onDelete", "delete")]),
+    )
+    .await;
+    let kept = create(&mut client, request(&stack, "pvc-kept", &[])).await;
+    let bucket = buckets.join("stack-bucket").join("k8s");
+    write_files(
+        &bucket,
+        &[
+            "pvc-doomed/a.txt",
+            "pvc-doomed/deep/b.txt",
+            "pvc-doomed-sibling/keep.txt",
+            "pvc-kept/c.txt",
+        ],
+    );
+
+    for handle in [&doomed, &kept] {
+        client
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: handle.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect("delete");
+    }
+    assert!(!bucket.join("pvc-doomed/a.txt").exists());
+    assert!(!bucket.join("pvc-doomed/deep/b.txt").exists());
+    assert!(
+        bucket.join("pvc-doomed-sibling/keep.txt").exists(),
+        "a sibling with a longer name is untouched"
+    );
+    assert!(
+        bucket.join("pvc-kept/c.txt").exists(),
+        "onDelete: retain keeps the files"
+    );
+    assert_eq!(stack.emulator.emulator.access_point_count(), 0);
+}
+
+#[tokio::test]
+async fn on_delete_delete_without_a_data_store_keeps_the_volume_and_says_why() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let handle = create(
+        &mut client,
+        request(&stack, "pvc-nostore", &[("onDelete", "delete")]),
+    )
+    .await;
+    let status = client
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: handle.to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("cannot honour onDelete");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("--data-store"), "{status:?}");
+    assert_eq!(
+        stack.emulator.emulator.access_point_count(),
+        1,
+        "nothing deleted half-way"
+    );
+}
