@@ -67,6 +67,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DRIVER_NAME", default_value = DEFAULT_DRIVER_NAME)]
     pub driver_name: String,
 
+    /// Serve Prometheus metrics at http://ADDRESS/metrics, e.g. 0.0.0.0:8095 (off by default).
+    #[arg(long, env = "METRICS_ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// Seconds that in-flight calls may run after SIGTERM before the process exits.
     #[arg(long, default_value = "25", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,

@@ -211,3 +211,114 @@ pub trait S3Files: Send + Sync + 'static {
         }
     }
 }
+
+impl CloudError {
+    /// A short label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CloudError::NotFound(_) => "not_found",
+            CloudError::Conflict { .. } => "conflict",
+            CloudError::Throttled(_) => "throttled",
+            CloudError::QuotaExceeded(_) => "quota",
+            CloudError::Validation(_) => "validation",
+            CloudError::AccessDenied(_) => "access_denied",
+            CloudError::Transient(_) => "transient",
+            CloudError::Other(_) => "other",
+        }
+    }
+}
+
+/// An [`S3Files`] that counts and times every call of the one it wraps.
+pub struct Observed<C> {
+    inner: C,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl<C> Observed<C> {
+    pub fn new(inner: C, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Observed { inner, metrics }
+    }
+
+    async fn observe<T>(
+        &self,
+        op: &str,
+        call: impl std::future::Future<Output = Result<T, CloudError>>,
+    ) -> Result<T, CloudError> {
+        let start = std::time::Instant::now();
+        let result = call.await;
+        let outcome = result
+            .as_ref()
+            .map(|_| "ok")
+            .unwrap_or_else(CloudError::outcome);
+        self.metrics.observe_api(op, outcome, start.elapsed());
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl<C: S3Files> S3Files for Observed<C> {
+    async fn get_file_system(&self, id: &str) -> Result<FileSystem, CloudError> {
+        self.observe("GetFileSystem", self.inner.get_file_system(id))
+            .await
+    }
+    async fn list_mount_targets(
+        &self,
+        file_system_id: &str,
+    ) -> Result<Vec<MountTarget>, CloudError> {
+        self.observe(
+            "ListMountTargets",
+            self.inner.list_mount_targets(file_system_id),
+        )
+        .await
+    }
+    async fn create_access_point(&self, new: &NewAccessPoint) -> Result<AccessPoint, CloudError> {
+        self.observe("CreateAccessPoint", self.inner.create_access_point(new))
+            .await
+    }
+    async fn get_access_point(&self, id: &str) -> Result<AccessPoint, CloudError> {
+        self.observe("GetAccessPoint", self.inner.get_access_point(id))
+            .await
+    }
+    async fn list_access_points_page(
+        &self,
+        file_system_id: &str,
+        next_token: Option<String>,
+    ) -> Result<(Vec<AccessPoint>, Option<String>), CloudError> {
+        self.observe(
+            "ListAccessPoints",
+            self.inner
+                .list_access_points_page(file_system_id, next_token),
+        )
+        .await
+    }
+    async fn delete_access_point(&self, id: &str) -> Result<(), CloudError> {
+        self.observe("DeleteAccessPoint", self.inner.delete_access_point(id))
+            .await
+    }
+    async fn create_file_system(&self, new: &NewFileSystem) -> Result<FileSystem, CloudError> {
+        self.observe("CreateFileSystem", self.inner.create_file_system(new))
+            .await
+    }
+    async fn create_mount_target(
+        &self,
+        file_system_id: &str,
+        subnet_id: &str,
+    ) -> Result<MountTarget, CloudError> {
+        self.observe(
+            "CreateMountTarget",
+            self.inner.create_mount_target(file_system_id, subnet_id),
+        )
+        .await
+    }
+    async fn delete_mount_target(&self, id: &str) -> Result<(), CloudError> {
+        self.observe("DeleteMountTarget", self.inner.delete_mount_target(id))
+            .await
+    }
+    async fn delete_file_system(&self, id: &str) -> Result<(), CloudError> {
+        self.observe("DeleteFileSystem", self.inner.delete_file_system(id))
+            .await
+    }
+    async fn ping(&self) -> Result<(), CloudError> {
+        self.observe("ListFileSystems", self.inner.ping()).await
+    }
+}

@@ -14,6 +14,7 @@ pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod node;
 pub mod rpc;
 pub mod server;

@@ -7,8 +7,8 @@ use clap::Parser;
 use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, ServeArgs};
 use std::sync::Arc;
 
-use s3files_csi::cloud::S3Files;
 use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions, CloudReadiness};
+use s3files_csi::cloud::{Observed, S3Files};
 use s3files_csi::controller::{ControllerConfig, ControllerService, DataStore};
 use s3files_csi::data::{DataLocation, ObjectData};
 use s3files_csi::emulator::faults::FaultConfig;
@@ -16,6 +16,7 @@ use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
 use s3files_csi::identity::ReadinessCheck;
 use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
+use s3files_csi::metrics::Metrics;
 use s3files_csi::node::{NodeService, validate_node_id};
 use s3files_csi::server::{Listener, Services, shutdown_signal};
 use s3files_csi::{client, telemetry};
@@ -46,7 +47,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 adaptive: args.cloud.api_retry_mode == "adaptive",
                 initial_backoff: args.cloud.api_initial_backoff,
             };
-            let cloud: Arc<dyn S3Files> = Arc::new(AwsS3Files::from_env(&options).await);
+            let metrics = start_metrics(&args.serve);
+            let sdk = AwsS3Files::from_env(&options).await;
+            let cloud: Arc<dyn S3Files> = match &metrics {
+                Some(m) => Arc::new(Observed::new(sdk, m.clone())),
+                None => Arc::new(sdk),
+            };
             let data = data_store(args.data_store.as_deref())?;
             let config = ControllerConfig {
                 cluster_tag: args.cluster_tag.clone(),
@@ -64,6 +70,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 identity,
                 controller: Some(ControllerService::new(cloud, data, config)),
                 node: None,
+                metrics,
             };
             serve(&args.serve, services).await
         }
@@ -74,6 +81,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 identity,
                 controller: None,
                 node: Some(NodeService::new(args.node_id)),
+                metrics: start_metrics(&args.serve),
             };
             serve(&args.serve, services).await
         }
@@ -137,6 +145,19 @@ fn emulator_config(args: EmulatorArgs) -> anyhow::Result<(EmulatorConfig, std::n
         seed: args.seed,
     };
     Ok((config, args.listen))
+}
+
+/// Starts the metrics endpoint when `--metrics-address` is set.
+fn start_metrics(args: &ServeArgs) -> Option<Arc<Metrics>> {
+    let addr = args.metrics_address?;
+    let metrics = Metrics::new();
+    let serving = metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(addr).await {
+            tracing::error!(%addr, "metrics endpoint failed: {e:#}");
+        }
+    });
+    Some(metrics)
 }
 
 fn identity(args: &ServeArgs, mode: Mode) -> anyhow::Result<IdentityService> {

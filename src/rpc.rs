@@ -98,6 +98,10 @@ where
     F: FnOnce(Req) -> Fut,
     Fut: Future<Output = crate::Result<Resp>>,
 {
+    let metrics = request
+        .extensions()
+        .get::<std::sync::Arc<crate::metrics::Metrics>>()
+        .cloned();
     let req = request.into_inner();
     let span = tracing::info_span!(
         "rpc",
@@ -119,8 +123,9 @@ where
         let outcome = AssertUnwindSafe(async move { handler(req).await })
             .catch_unwind()
             .await;
-        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
-        match outcome {
+        let elapsed = start.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let result = match outcome {
             Ok(Ok(response)) => {
                 if QUIET.contains(&method) {
                     debug!(elapsed_ms, "ok");
@@ -146,7 +151,15 @@ where
                      see the driver log"
                 )))
             }
+        };
+        if let Some(metrics) = metrics {
+            let code = result
+                .as_ref()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code());
+            metrics.observe_rpc(method, code, elapsed);
         }
+        result
     }
     .instrument(span)
     .await

@@ -93,6 +93,8 @@ pub struct Services {
     pub identity: IdentityService,
     pub controller: Option<ControllerService>,
     pub node: Option<NodeService>,
+    /// Where calls are counted; `None` for no metrics.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// A bound listener, ready to serve.
@@ -146,7 +148,16 @@ impl Listener {
         grace: Duration,
     ) -> anyhow::Result<()> {
         let local = self.local_endpoint()?;
+        let metrics = services.metrics.clone();
         let router = Server::builder()
+            .layer(tower::util::MapRequestLayer::new(
+                move |mut req: http::Request<tonic::body::Body>| {
+                    if let Some(m) = &metrics {
+                        req.extensions_mut().insert(m.clone());
+                    }
+                    req
+                },
+            ))
             .add_service(IdentityServer::new(services.identity))
             .add_optional_service(services.controller.map(ControllerServer::new))
             .add_optional_service(services.node.map(NodeServer::new));

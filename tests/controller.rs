@@ -499,3 +499,43 @@ async fn on_delete_delete_without_a_data_store_keeps_the_volume_and_says_why() {
         "nothing deleted half-way"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_csi_calls_and_api_calls() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let plugin = Plugin::start_with_env(
+        &[
+            "controller",
+            "--api-rate-limit",
+            "0",
+            "--metrics-address",
+            &address,
+        ],
+        &emulator_env(&stack.emulator.url),
+    )
+    .await;
+    let mut client = ControllerClient::new(plugin.channel().await);
+    create(&mut client, request(&stack, "pvc-metrics", &[])).await;
+    let bad = client
+        .create_volume(request(&stack, "", &[]))
+        .await
+        .expect_err("empty name");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let (status, text) =
+        common::emulator::http_request(address.parse().expect("addr"), "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    for expected in [
+        r#"s3files_csi_rpc_total{method="CreateVolume",code="Ok"} 1"#,
+        r#"s3files_csi_rpc_total{method="CreateVolume",code="InvalidArgument"} 1"#,
+        r#"s3files_csi_api_calls_total{operation="CreateAccessPoint",outcome="ok"} 1"#,
+        r#"s3files_csi_api_calls_total{operation="GetFileSystem",outcome="ok"} 1"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+}

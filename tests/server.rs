@@ -197,6 +197,7 @@ fn services(mode: Mode, checks: Vec<Arc<dyn ReadinessCheck>>) -> Services {
         controller: (mode == Mode::Controller)
             .then(|| ControllerService::new(cloud(), None, Default::default())),
         node: None,
+        metrics: None,
     }
 }
 
