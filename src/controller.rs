@@ -80,12 +80,18 @@ struct FsInfo {
     zone_ids: Vec<String>,
 }
 
+/// A file system's cached facts and when they were fetched.
+type FsSlot = Arc<tokio::sync::Mutex<Option<(Instant, FsInfo)>>>;
+
 struct Inner {
     cloud: Arc<dyn S3Files>,
     data: Option<Arc<dyn DataStore>>,
     config: ControllerConfig,
     gids: GidAllocator,
-    fs_cache: Mutex<HashMap<String, (Instant, FsInfo)>>,
+    /// One slot per file system; its async lock makes concurrent requests wait for a single
+    /// fetch instead of each calling the API (a cold start with 16 requests in flight would
+    /// otherwise cost 32 calls).
+    fs_cache: Mutex<HashMap<String, FsSlot>>,
     busy: Mutex<HashSet<String>>,
 }
 
@@ -154,12 +160,16 @@ impl ControllerService {
     /// File system facts, from the cache when fresh.
     async fn fs_info(&self, fs_id: &str) -> Result<FsInfo> {
         let ttl = self.inner.config.fs_cache_ttl;
-        if let Some((at, info)) = self
+        let slot = self
             .inner
             .fs_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(fs_id)
+            .entry(fs_id.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some((at, info)) = slot.as_ref()
             && at.elapsed() < ttl
         {
             return Ok(info.clone());
@@ -199,11 +209,7 @@ impl ControllerService {
             prefix: fs.prefix,
             zone_ids,
         };
-        self.inner
-            .fs_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fs_id.to_owned(), (Instant::now(), info.clone()));
+        *slot = Some((Instant::now(), info.clone()));
         Ok(info)
     }
 

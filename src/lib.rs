@@ -15,6 +15,7 @@ pub mod emulator;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod mount;
 pub mod node;
 pub mod rpc;
 pub mod server;

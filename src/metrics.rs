@@ -135,11 +135,7 @@ impl Metrics {
 
     /// Everything in OpenMetrics text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        render_registry(&self.registry)
     }
 
     /// Serves `/metrics` on `addr` until the process ends.
@@ -165,6 +161,16 @@ impl Metrics {
         axum::serve(listener, app).await?;
         Ok(())
     }
+}
+
+/// A registry in OpenMetrics text format (empty if encoding fails, which it does not for
+/// counters and histograms).
+pub fn render_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 #[cfg(test)]

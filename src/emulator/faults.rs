@@ -210,11 +210,7 @@ impl Faults {
 
     /// All counters in Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        crate::metrics::render_registry(&self.registry)
     }
 }
 

@@ -300,6 +300,15 @@ where
     (out, next)
 }
 
+/// `{key: [items], nextToken?}`, the shape of every list answer.
+fn page_body(key: &str, items: impl Iterator<Item = Value>, next: Option<String>) -> Value {
+    let mut body = json!({ key: items.collect::<Vec<_>>() });
+    if let Some(n) = next {
+        body["nextToken"] = json!(n);
+    }
+    body
+}
+
 fn parse_token(token: Option<&str>) -> ApiResult<Option<String>> {
     match token {
         None => Ok(None),
@@ -484,12 +493,10 @@ impl State {
             .values()
             .filter(|f| bucket.is_none_or(|b| f.bucket == b));
         let (items, next) = page(items, after.as_deref(), limit, |f| f.id.clone());
-        let mut body =
-            json!({ "fileSystems": items.iter().map(|f| f.list_entry(now)).collect::<Vec<_>>() });
-        if let Some(n) = next {
-            body["nextToken"] = json!(n);
-        }
-        read_only((200, body))
+        read_only((
+            200,
+            page_body("fileSystems", items.iter().map(|f| f.list_entry(now)), next),
+        ))
     }
 
     pub fn delete_file_system(&self, raw: &str, query: &Query) -> ApiResult<Outcome> {
@@ -637,12 +644,14 @@ impl State {
             .values()
             .filter(|a| a.file_system_id == fs.id);
         let (items, next) = page(items, after.as_deref(), limit, |a| a.id.clone());
-        let mut body =
-            json!({ "accessPoints": items.iter().map(|a| a.list_entry(now)).collect::<Vec<_>>() });
-        if let Some(n) = next {
-            body["nextToken"] = json!(n);
-        }
-        read_only((200, body))
+        read_only((
+            200,
+            page_body(
+                "accessPoints",
+                items.iter().map(|a| a.list_entry(now)),
+                next,
+            ),
+        ))
     }
 
     pub fn delete_access_point(&self, raw: &str) -> ApiResult<Outcome> {
@@ -787,12 +796,14 @@ impl State {
             .values()
             .filter(|m| m.file_system_id == fs_id);
         let (items, next) = page(items, after.as_deref(), limit, |m| m.id.clone());
-        let mut body =
-            json!({ "mountTargets": items.iter().map(|m| m.list_entry(now)).collect::<Vec<_>>() });
-        if let Some(n) = next {
-            body["nextToken"] = json!(n);
-        }
-        read_only((200, body))
+        read_only((
+            200,
+            page_body(
+                "mountTargets",
+                items.iter().map(|m| m.list_entry(now)),
+                next,
+            ),
+        ))
     }
 
     pub fn update_mount_target(
