@@ -141,6 +141,40 @@ pub struct NodeArgs {
     /// This node's id, as kubelet knows it (set it from spec.nodeName).
     #[arg(long, env = "NODE_ID", help_heading = "Node")]
     pub node_id: String,
+
+    /// The node's availability zone name, e.g. us-east-1a (topology.kubernetes.io/zone).
+    #[arg(long, env = "NODE_ZONE", help_heading = "Node")]
+    pub zone: Option<String>,
+
+    /// The node's availability zone id, e.g. use1-az1; also passed to the helper as azid.
+    #[arg(long, env = "NODE_ZONE_ID", help_heading = "Node")]
+    pub zone_id: Option<String>,
+
+    /// Region passed to the mount helper (default: the helper's own lookup).
+    #[arg(long, env = "AWS_REGION", help_heading = "Node")]
+    pub region: Option<String>,
+
+    /// Mount helper: a mount.s3files-compatible program called as HELPER SOURCE TARGET -o OPTS
+    /// (default: the system's `mount -t s3files`).
+    #[arg(long, env = "S3FILES_MOUNT_HELPER", help_heading = "Node")]
+    pub mount_helper: Option<std::path::PathBuf>,
+
+    /// Seconds a mount helper may run before it is killed.
+    #[arg(long, default_value = "120", value_parser = parse_seconds, help_heading = "Node")]
+    pub mount_timeout: Duration,
+
+    /// Seconds an unmount may take before the mount is detached lazily.
+    #[arg(long, default_value = "30", value_parser = parse_seconds, help_heading = "Node")]
+    pub unmount_timeout: Duration,
+
+    /// Where published volumes are recorded, so a restarted plugin stays idempotent.
+    #[arg(
+        long,
+        env = "S3FILES_NODE_STATE_DIR",
+        default_value = "/var/lib/kubelet/plugins/s3files.csi.dev/volumes",
+        help_heading = "Node"
+    )]
+    pub state_dir: std::path::PathBuf,
 }
 
 /// `s3files-csi health`.

@@ -17,7 +17,9 @@ use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
 use s3files_csi::identity::ReadinessCheck;
 use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::metrics::Metrics;
-use s3files_csi::node::{NodeService, validate_node_id};
+use s3files_csi::mount::Mounter;
+use s3files_csi::mount::linux::{LinuxMounter, MountHelper};
+use s3files_csi::node::{HelperReadiness, NodeConfig, NodeService, NodeTopology, validate_node_id};
 use s3files_csi::server::{Listener, Services, shutdown_signal};
 use s3files_csi::{client, telemetry};
 
@@ -76,11 +78,33 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Node(args) => {
             validate_node_id(&args.node_id).map_err(anyhow::Error::msg)?;
-            let identity = identity(&args.serve, Mode::Node)?;
+            let helper = match &args.mount_helper {
+                Some(path) => MountHelper::program(path.clone()),
+                None => MountHelper::system(),
+            };
+            let mounter: Arc<dyn Mounter> = Arc::new(LinuxMounter {
+                helper,
+                mount_timeout: args.mount_timeout,
+                unmount_timeout: args.unmount_timeout,
+                stat_timeout: std::time::Duration::from_secs(5),
+            });
+            let config = NodeConfig {
+                node_id: args.node_id.clone(),
+                topology: NodeTopology {
+                    zone: args.zone.clone(),
+                    zone_id: args.zone_id.clone(),
+                },
+                region: args.region.clone(),
+                state_dir: args.state_dir.clone(),
+            };
+            validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
+            let readiness: Arc<dyn ReadinessCheck> = Arc::new(HelperReadiness(mounter.clone()));
+            let identity =
+                IdentityService::new(args.serve.driver_name.clone(), Mode::Node, vec![readiness]);
             let services = Services {
                 identity,
                 controller: None,
-                node: Some(NodeService::new(args.node_id)),
+                node: Some(NodeService::new(config, mounter)),
                 metrics: start_metrics(&args.serve),
             };
             serve(&args.serve, services).await
@@ -158,15 +182,6 @@ fn start_metrics(args: &ServeArgs) -> Option<Arc<Metrics>> {
         }
     });
     Some(metrics)
-}
-
-fn identity(args: &ServeArgs, mode: Mode) -> anyhow::Result<IdentityService> {
-    validate_driver_name(&args.driver_name).map_err(anyhow::Error::msg)?;
-    Ok(IdentityService::new(
-        args.driver_name.clone(),
-        mode,
-        Vec::new(),
-    ))
 }
 
 async fn serve(args: &ServeArgs, services: Services) -> anyhow::Result<ExitCode> {

@@ -1,32 +1,119 @@
-//! The CSI Node service.
+//! The CSI Node service: mounts S3 Files access points into pods.
 //!
-//! `NodeGetInfo` and `NodeGetCapabilities` work now; mounting lands with the node issue (#5)
-//! and the other methods answer `Unimplemented` with a message until then.
+//! - `NodePublishVolume` runs the mount helper (`mount -t s3files <fs>[:<path>] <target> -o
+//!   accesspoint=<fsap>,...`). Publishing the same volume to the same target again succeeds
+//!   without a second mount; a target that is a mount of something else is `AlreadyExists`.
+//!   A broken mount left at the target is detached and replaced.
+//! - `NodeUnpublishVolume` unmounts (detaching lazily when the mount does not let go) and
+//!   removes the target; a target that is not mounted or does not exist is success.
+//! - `NodeGetVolumeStats` is one bounded `statfs`; a mount that does not answer is reported
+//!   as an abnormal volume condition, not an error.
+//!
+//! Which volume was published where is recorded in `state_dir`, so idempotency survives a
+//! restart of the plugin (the mount table of an NFS mount only shows `127.0.0.1:/`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use tonic::{Request, Response, Status};
+use tracing::{info, warn};
 
-use crate::csi::{self, node_server::Node};
-use crate::rpc;
-use crate::rpc::csi_service_impl;
+use crate::controller::{TOPOLOGY_ZONE_ID_KEY, TOPOLOGY_ZONE_KEY};
+use crate::csi::{self, node_server::Node, node_service_capability};
+use crate::error::{Error, Result};
+use crate::mount::{MountError, MountSpec, Mounter, mountinfo};
+use crate::rpc::{self, csi_service_impl};
+use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
 
 /// The longest node id the CSI spec allows in `NodeGetInfoResponse`.
 pub const MAX_NODE_ID_BYTES: usize = 256;
 
+/// Mount options the S3 Files helper refuses or that would weaken security.
+const FORBIDDEN_OPTIONS: &[(&str, &str)] = &[
+    (
+        "stunnel",
+        "S3 Files mounts always use efs-proxy; remove stunnel",
+    ),
+    (
+        "notls",
+        "S3 Files mounts are always encrypted; remove notls",
+    ),
+    (
+        "noiam",
+        "S3 Files mounts always authorize with IAM; remove noiam",
+    ),
+    ("az", "use azid (the zone id) instead of az"),
+    (
+        "crossaccount",
+        "S3 Files does not support cross-account mounts",
+    ),
+    (
+        "awscredsuri",
+        "awscredsuri is for ECS; the node's own credentials are used",
+    ),
+];
+
+/// Volume context keys a volume may carry (from the controller, or set on static PVs).
+const CONTEXT_KEYS: &[&str] = &[
+    "accessPointRoot",
+    "bucket",
+    "mounttargetip",
+    "encryptInTransit",
+    "azid",
+];
+
+/// Where this node is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeTopology {
+    /// e.g. `us-east-1a`.
+    pub zone: Option<String>,
+    /// e.g. `use1-az1`; passed to the helper as `azid` so it needs no instance metadata.
+    pub zone_id: Option<String>,
+}
+
+/// Node settings from the command line.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub topology: NodeTopology,
+    /// Passed to the helper as `region` when set.
+    pub region: Option<String>,
+    /// Where published volumes are recorded.
+    pub state_dir: PathBuf,
+}
+
 /// The Node service.
 #[derive(Clone)]
 pub struct NodeService {
-    node_id: String,
+    config: Arc<NodeConfig>,
+    mounter: Arc<dyn Mounter>,
+    busy: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
-impl NodeService {
-    /// `node_id` must already be valid (see [`validate_node_id`]).
-    pub fn new(node_id: String) -> Self {
-        Self { node_id }
+struct TargetLock {
+    busy: Arc<Mutex<HashSet<PathBuf>>>,
+    target: PathBuf,
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.target);
     }
 }
 
+/// A publication, as recorded on disk.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Record {
+    volume_id: String,
+    readonly: bool,
+}
+
 /// Checks a node id: non-empty, at most 256 bytes, no control characters.
-pub fn validate_node_id(node_id: &str) -> Result<(), String> {
+pub fn validate_node_id(node_id: &str) -> std::result::Result<(), String> {
     if node_id.trim().is_empty() {
         return Err(
             "node id is empty; pass --node-id or set NODE_ID (usually spec.nodeName)".into(),
@@ -44,20 +131,407 @@ pub fn validate_node_id(node_id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An absolute path without `..`, as CSI requires of target paths.
+fn checked_path(field: &'static str, raw: &str) -> Result<PathBuf> {
+    if raw.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    let path = Path::new(raw);
+    if !path.is_absolute() {
+        return Err(Error::invalid(
+            field,
+            format!("{raw:?} must be an absolute path"),
+        ));
+    }
+    if path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(Error::invalid(
+            field,
+            format!("{raw:?} must not contain '..'"),
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+fn mount_error(err: MountError) -> Error {
+    match err {
+        MountError::HelperMissing { .. } => Error::FailedPrecondition(err.to_string()),
+        MountError::HelperTimedOut { .. } => Error::Unavailable(err.to_string()),
+        MountError::HelperFailed { .. } | MountError::Broken { .. } => {
+            Error::Internal(err.to_string())
+        }
+        MountError::Io { context, source } => Error::io(context, source),
+    }
+}
+
+impl NodeService {
+    pub fn new(config: NodeConfig, mounter: Arc<dyn Mounter>) -> Self {
+        NodeService {
+            config: Arc::new(config),
+            mounter,
+            busy: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    fn lock(&self, target: &Path) -> Result<TargetLock> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(target.to_owned()) {
+            return Err(Error::Busy(target.display().to_string()));
+        }
+        Ok(TargetLock {
+            busy: self.busy.clone(),
+            target: target.to_owned(),
+        })
+    }
+
+    fn record_path(&self, target: &Path) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(target.as_os_str().as_encoded_bytes());
+        self.config.state_dir.join(format!("{digest:x}.json"))
+    }
+
+    fn read_record(&self, target: &Path) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path(target)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write_record(&self, target: &Path, record: &Record) -> Result<()> {
+        std::fs::create_dir_all(&self.config.state_dir)
+            .map_err(|e| Error::io(format!("creating {}", self.config.state_dir.display()), e))?;
+        let path = self.record_path(target);
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    fn remove_record(&self, target: &Path) {
+        let _ = std::fs::remove_file(self.record_path(target));
+    }
+
+    /// The mount options for a publication, checked.
+    fn options(
+        &self,
+        handle: &VolumeHandle,
+        req: &csi::NodePublishVolumeRequest,
+        readonly: bool,
+    ) -> Result<Vec<String>> {
+        let mut options = Vec::new();
+        if let Some(ap) = &handle.access_point_id {
+            options.push(format!("accesspoint={ap}"));
+        }
+        if readonly {
+            options.push("ro".to_owned());
+        }
+        let ctx: &HashMap<String, String> = &req.volume_context;
+        for key in ctx.keys() {
+            let ours = CONTEXT_KEYS.contains(&key.as_str())
+                || key.starts_with("csi.storage.k8s.io/")
+                || key.starts_with("storage.kubernetes.io/");
+            if !ours {
+                return Err(Error::invalid(
+                    "volume_context",
+                    format!(
+                        "{key:?} is not a volume attribute of this driver; known: {}",
+                        CONTEXT_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(v) = ctx.get("encryptInTransit")
+            && v != "true"
+        {
+            return Err(Error::invalid(
+                "volume_context",
+                "encryptInTransit must be true: S3 Files mounts are always encrypted",
+            ));
+        }
+        if let Some(ip) = ctx.get("mounttargetip") {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(Error::invalid(
+                    "volume_context",
+                    format!("mounttargetip {ip:?} is not an IP address"),
+                ));
+            }
+            options.push(format!("mounttargetip={ip}"));
+        }
+        let mut user = Vec::new();
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = req
+            .volume_capability
+            .as_ref()
+            .and_then(|c| c.access_type.as_ref())
+        {
+            for flag in m
+                .mount_flags
+                .iter()
+                .flat_map(|f| f.split(','))
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+            {
+                let name = flag.split('=').next().unwrap_or(flag);
+                if let Some((_, why)) = FORBIDDEN_OPTIONS.iter().find(|(o, _)| *o == name) {
+                    return Err(Error::invalid("mount_flags", format!("{flag}: {why}")));
+                }
+                if name == "accesspoint" {
+                    let given = flag.split_once('=').map(|(_, v)| v).unwrap_or("");
+                    if handle.access_point_id.as_deref() != Some(given) {
+                        return Err(Error::invalid(
+                            "mount_flags",
+                            format!(
+                                "{flag} contradicts the volume handle's access point; remove it"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                if name == "rw" && readonly {
+                    return Err(Error::invalid(
+                        "mount_flags",
+                        "rw contradicts a read-only publication",
+                    ));
+                }
+                if flag.contains(char::is_whitespace) || flag.contains('\0') {
+                    return Err(Error::invalid(
+                        "mount_flags",
+                        format!("{flag:?} contains whitespace"),
+                    ));
+                }
+                if !options.iter().any(|o| o == flag) && !user.iter().any(|o| o == flag) {
+                    user.push(flag.to_owned());
+                }
+            }
+        }
+        let has = |name: &str| {
+            user.iter()
+                .any(|o: &String| o.split('=').next() == Some(name))
+        };
+        if !has("azid") {
+            if let Some(z) = ctx.get("azid").or(self.config.topology.zone_id.as_ref()) {
+                options.push(format!("azid={z}"));
+            }
+        }
+        if !has("region")
+            && let Some(r) = &self.config.region
+        {
+            options.push(format!("region={r}"));
+        }
+        options.extend(user);
+        Ok(options)
+    }
+
+    async fn publish(
+        &self,
+        req: csi::NodePublishVolumeRequest,
+    ) -> Result<csi::NodePublishVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        let target = checked_path("target_path", &req.target_path)?;
+        let Some(cap) = req.volume_capability.as_ref() else {
+            return Err(Error::invalid("volume_capability", "is required"));
+        };
+        match check_capabilities(std::slice::from_ref(cap)) {
+            CapabilityCheck::Supported => {}
+            CapabilityCheck::Invalid(why) | CapabilityCheck::Unsupported(why) => {
+                return Err(Error::invalid("volume_capability", why));
+            }
+        }
+        let handle =
+            VolumeHandle::parse(&req.volume_id).map_err(|why| Error::invalid("volume_id", why))?;
+        let reader_only = cap.access_mode.as_ref().is_some_and(|m| {
+            use csi::volume_capability::access_mode::Mode;
+            matches!(
+                Mode::try_from(m.mode),
+                Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly)
+            )
+        });
+        let readonly = req.readonly || reader_only;
+        let options = self.options(&handle, &req, readonly)?;
+        let _lock = self.lock(&target)?;
+
+        let table = self.mounter.mounts().await.map_err(mount_error)?;
+        if let Some(existing) = mountinfo::mount_at(&table, &target) {
+            match self.mounter.stats(&target).await {
+                Err(MountError::Broken { reason, .. }) => {
+                    warn!(target = %target.display(), %reason, "replacing a broken mount");
+                    self.mounter.unmount(&target).await.map_err(mount_error)?;
+                }
+                _ => {
+                    let wanted = Record {
+                        volume_id: req.volume_id.clone(),
+                        readonly,
+                    };
+                    return match self.read_record(&target) {
+                        Some(record) if record == wanted => Ok(csi::NodePublishVolumeResponse {}),
+                        Some(record) => Err(Error::AlreadyExists(format!(
+                            "{} is already published from volume {} (readonly={}); unpublish it first",
+                            target.display(),
+                            record.volume_id,
+                            record.readonly
+                        ))),
+                        None => Err(Error::AlreadyExists(format!(
+                            "{} is already a mount point ({} from {}) that this driver did not make",
+                            target.display(),
+                            existing.fs_type,
+                            existing.source
+                        ))),
+                    };
+                }
+            }
+        }
+        tokio::fs::create_dir_all(&target)
+            .await
+            .map_err(|e| Error::io(format!("creating target {}", target.display()), e))?;
+        let source = match &handle.subpath {
+            Some(p) => format!("{}:{p}", handle.file_system_id),
+            None => handle.file_system_id.clone(),
+        };
+        let spec = MountSpec {
+            source,
+            target: target.clone(),
+            options,
+        };
+        info!(source = %spec.source, options = %spec.options.join(","), "mounting");
+        self.mounter.mount(&spec).await.map_err(mount_error)?;
+        self.write_record(
+            &target,
+            &Record {
+                volume_id: req.volume_id,
+                readonly,
+            },
+        )?;
+        Ok(csi::NodePublishVolumeResponse {})
+    }
+
+    async fn unpublish(
+        &self,
+        req: csi::NodeUnpublishVolumeRequest,
+    ) -> Result<csi::NodeUnpublishVolumeResponse> {
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        let target = checked_path("target_path", &req.target_path)?;
+        let _lock = self.lock(&target)?;
+        // Stacked mounts (a publish retried on a broken mount) are peeled one by one.
+        for _ in 0..8 {
+            let table = self.mounter.mounts().await.map_err(mount_error)?;
+            if mountinfo::mount_at(&table, &target).is_none() {
+                break;
+            }
+            self.mounter.unmount(&target).await.map_err(mount_error)?;
+        }
+        match tokio::fs::remove_dir(&target).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("removing target {}", target.display()),
+                    e,
+                ));
+            }
+        }
+        self.remove_record(&target);
+        Ok(csi::NodeUnpublishVolumeResponse {})
+    }
+
+    async fn volume_stats(
+        &self,
+        req: csi::NodeGetVolumeStatsRequest,
+    ) -> Result<csi::NodeGetVolumeStatsResponse> {
+        use csi::volume_usage::Unit;
+        if req.volume_id.is_empty() {
+            return Err(Error::invalid("volume_id", "must not be empty"));
+        }
+        let path = checked_path("volume_path", &req.volume_path)?;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
+            return Err(Error::NotFound(format!("volume path {}", path.display())));
+        }
+        let table = self.mounter.mounts().await.map_err(mount_error)?;
+        if mountinfo::mount_at(&table, &path).is_none() {
+            return Err(Error::NotFound(format!(
+                "volume {} is not mounted at {}",
+                req.volume_id,
+                path.display()
+            )));
+        }
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Ok(match self.mounter.stats(&path).await {
+            Ok(s) => csi::NodeGetVolumeStatsResponse {
+                usage: vec![
+                    csi::VolumeUsage {
+                        available: to_i64(s.available_bytes),
+                        total: to_i64(s.total_bytes),
+                        used: to_i64(s.used_bytes),
+                        unit: Unit::Bytes as i32,
+                    },
+                    csi::VolumeUsage {
+                        available: to_i64(s.free_inodes),
+                        total: to_i64(s.total_inodes),
+                        used: to_i64(s.used_inodes),
+                        unit: Unit::Inodes as i32,
+                    },
+                ],
+                volume_condition: Some(csi::VolumeCondition {
+                    abnormal: false,
+                    message: "mounted and answering".into(),
+                }),
+            },
+            Err(MountError::Broken { reason, .. }) => csi::NodeGetVolumeStatsResponse {
+                usage: Vec::new(),
+                volume_condition: Some(csi::VolumeCondition {
+                    abnormal: true,
+                    message: format!(
+                        "the mount does not answer ({reason}); deleting the pod remounts it"
+                    ),
+                }),
+            },
+            Err(e) => return Err(mount_error(e)),
+        })
+    }
+}
+
+fn node_capability(t: node_service_capability::rpc::Type) -> csi::NodeServiceCapability {
+    csi::NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(
+            node_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
+
+/// Readiness of the node plugin: the mount helper can be run.
+pub struct HelperReadiness(pub Arc<dyn Mounter>);
+
+#[tonic::async_trait]
+impl crate::identity::ReadinessCheck for HelperReadiness {
+    fn name(&self) -> &str {
+        "mount-helper"
+    }
+    async fn check(&self) -> std::result::Result<(), String> {
+        self.0.helper_available()
+    }
+}
+
 csi_service_impl! {
     impl Node for NodeService, service "Node";
     implemented {
         async fn node_get_info(
             &self,
             request: Request<csi::NodeGetInfoRequest>,
-        ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        ) -> std::result::Result<Response<csi::NodeGetInfoResponse>, Status> {
             rpc::call("NodeGetInfo", request, |_| async {
+                let mut segments = HashMap::new();
+                if let Some(z) = &self.config.topology.zone {
+                    segments.insert(TOPOLOGY_ZONE_KEY.to_owned(), z.clone());
+                }
+                if let Some(z) = &self.config.topology.zone_id {
+                    segments.insert(TOPOLOGY_ZONE_ID_KEY.to_owned(), z.clone());
+                }
                 Ok(csi::NodeGetInfoResponse {
-                    node_id: self.node_id.clone(),
+                    node_id: self.config.node_id.clone(),
                     // Shared file systems put no per-node limit on mounts.
                     max_volumes_per_node: 0,
-                    // TODO(#5): report the zone and zone id of this node.
-                    accessible_topology: None,
+                    accessible_topology: (!segments.is_empty()).then_some(csi::Topology { segments }),
                 })
             })
             .await
@@ -66,23 +540,44 @@ csi_service_impl! {
         async fn node_get_capabilities(
             &self,
             request: Request<csi::NodeGetCapabilitiesRequest>,
-        ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        ) -> std::result::Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+            use node_service_capability::rpc::Type;
             rpc::call("NodeGetCapabilities", request, |_| async {
-                Ok(csi::NodeGetCapabilitiesResponse { capabilities: Vec::new() })
+                Ok(csi::NodeGetCapabilitiesResponse {
+                    capabilities: [Type::GetVolumeStats, Type::VolumeCondition, Type::SingleNodeMultiWriter]
+                        .into_iter()
+                        .map(node_capability)
+                        .collect(),
+                })
             })
             .await
+        }
+
+        async fn node_publish_volume(
+            &self,
+            request: Request<csi::NodePublishVolumeRequest>,
+        ) -> std::result::Result<Response<csi::NodePublishVolumeResponse>, Status> {
+            rpc::call("NodePublishVolume", request, |req| self.publish(req)).await
+        }
+
+        async fn node_unpublish_volume(
+            &self,
+            request: Request<csi::NodeUnpublishVolumeRequest>,
+        ) -> std::result::Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+            rpc::call("NodeUnpublishVolume", request, |req| self.unpublish(req)).await
+        }
+
+        async fn node_get_volume_stats(
+            &self,
+            request: Request<csi::NodeGetVolumeStatsRequest>,
+        ) -> std::result::Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+            rpc::call("NodeGetVolumeStats", request, |req| self.volume_stats(req)).await
         }
     }
     unimplemented {
         node_stage_volume("NodeStageVolume", NodeStageVolumeRequest) -> NodeStageVolumeResponse;
         node_unstage_volume("NodeUnstageVolume", NodeUnstageVolumeRequest)
             -> NodeUnstageVolumeResponse;
-        node_publish_volume("NodePublishVolume", NodePublishVolumeRequest)
-            -> NodePublishVolumeResponse;
-        node_unpublish_volume("NodeUnpublishVolume", NodeUnpublishVolumeRequest)
-            -> NodeUnpublishVolumeResponse;
-        node_get_volume_stats("NodeGetVolumeStats", NodeGetVolumeStatsRequest)
-            -> NodeGetVolumeStatsResponse;
         node_expand_volume("NodeExpandVolume", NodeExpandVolumeRequest)
             -> NodeExpandVolumeResponse;
     }
@@ -100,5 +595,13 @@ mod tests {
         assert!(validate_node_id("").is_err());
         assert!(validate_node_id("   ").is_err());
         assert!(validate_node_id("a\nb").is_err());
+    }
+
+    #[test]
+    fn target_paths_must_be_absolute_without_dotdot() {
+        assert!(checked_path("t", "/var/lib/kubelet/pods/x/mount").is_ok());
+        assert!(checked_path("t", "").is_err());
+        assert!(checked_path("t", "relative/path").is_err());
+        assert!(checked_path("t", "/var/lib/../../etc").is_err());
     }
 }

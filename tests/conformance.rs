@@ -16,7 +16,14 @@ use s3files_csi::csi::{
 };
 use tonic::Code;
 
-const NODE: &[&str] = &["node", "--node-id", "conformance-node-1"];
+/// `/bin/true` stands in for the mount helper: these rules never mount.
+const NODE: &[&str] = &[
+    "node",
+    "--node-id",
+    "conformance-node-1",
+    "--mount-helper",
+    "/bin/true",
+];
 /// Starts the plugin in `mode`; controller mode gets an emulator behind it.
 async fn start(args: &[&str]) -> (Plugin, Option<ControllerStack>) {
     if args.first() == Some(&"controller") {
@@ -558,7 +565,43 @@ async fn node_capabilities_never_include_unknown() {
 }
 
 #[tokio::test]
-async fn node_methods_not_offered_yet_answer_unimplemented_with_a_message() {
+async fn node_claims_only_what_it_serves() {
+    use csi::node_service_capability::{Type as CapType, rpc::Type};
+    let plugin = Plugin::start(NODE).await;
+    let mut node = NodeClient::new(plugin.channel().await);
+    let caps = node
+        .node_get_capabilities(csi::NodeGetCapabilitiesRequest {})
+        .await
+        .expect("caps")
+        .into_inner();
+    let types: Vec<Type> = caps
+        .capabilities
+        .iter()
+        .filter_map(|c| match &c.r#type {
+            Some(CapType::Rpc(r)) => Type::try_from(r.r#type).ok(),
+            None => None,
+        })
+        .collect();
+    assert!(types.contains(&Type::GetVolumeStats));
+    assert!(types.contains(&Type::VolumeCondition));
+    assert!(
+        !types.contains(&Type::StageUnstageVolume),
+        "no staging, so NodeStage must not be claimed"
+    );
+    let stage = node
+        .node_stage_volume(csi::NodeStageVolumeRequest::default())
+        .await
+        .expect_err("stage");
+    assert_eq!(stage.code(), Code::Unimplemented);
+    let expand = node
+        .node_expand_volume(csi::NodeExpandVolumeRequest::default())
+        .await
+        .expect_err("expand");
+    assert_eq!(expand.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn node_methods_validate_required_fields() {
     let plugin = Plugin::start(NODE).await;
     let mut node = NodeClient::new(plugin.channel().await);
     let statuses = [
@@ -568,16 +611,13 @@ async fn node_methods_not_offered_yet_answer_unimplemented_with_a_message() {
         node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest::default())
             .await
             .expect_err("unpublish"),
-        node.node_stage_volume(csi::NodeStageVolumeRequest::default())
-            .await
-            .expect_err("stage"),
         node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest::default())
             .await
             .expect_err("stats"),
     ];
     for status in statuses {
-        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-        assert!(!status.message().is_empty());
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("volume_id"), "{status:?}");
     }
 }
 

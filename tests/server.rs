@@ -120,7 +120,7 @@ fn health_exits_nonzero_when_nothing_listens() {
 
 #[tokio::test]
 async fn health_reports_name_version_and_readiness() {
-    let plugin = Plugin::start(&["node", "--node-id", "n1"]).await;
+    let plugin = Plugin::start(&["node", "--node-id", "n1", "--mount-helper", "/bin/true"]).await;
     let endpoint = plugin.endpoint.to_string();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         run(&["health", "--endpoint", &endpoint, "--wait", "10"])

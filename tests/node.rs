@@ -1,0 +1,722 @@
+//! The node plugin as kubelet meets it: real mounts through a test mount helper (a tmpfs named
+//! after the volume), the real binary over its socket, and the fake mounter for states a test
+//! cannot make with real mounts (a dead FUSE daemon).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Plugin, mount_capability};
+use s3files_csi::csi::node_client::NodeClient;
+use s3files_csi::csi::volume_capability::access_mode::Mode as AccessMode;
+use s3files_csi::csi::{self};
+use s3files_csi::mount::fake::FakeMounter;
+use s3files_csi::mount::mountinfo;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const FS: &str = "fs-0123456789abcdef0";
+const AP: &str = "fsap-0123456789abcdef1";
+
+/// A mount.s3files-compatible helper: logs its arguments and mounts a tmpfs named after the
+/// source; `-o fail` and `-o hang` make it fail or hang.
+const HELPER: &str = r#"#!/bin/sh
+src="$1"; tgt="$2"; opts=""
+if [ "$3" = "-o" ]; then opts="$4"; fi
+echo "$src $tgt $opts" >> "$HELPER_LOG"
+case ",$opts," in *,fail,*) echo "mount.s3files: access denied by server" >&2; exit 32;; esac
+case ",$opts," in *,hang,*) exec sleep 600;; esac
+case ",$opts," in *,ro,*) exec mount -t tmpfs -o ro,size=1m "$src" "$tgt";; esac
+exec mount -t tmpfs -o size=1m "$src" "$tgt"
+"#;
+
+struct Node {
+    plugin: Plugin,
+    client: NodeClient<Channel>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Node {
+    async fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let helper = dir.path().join("mount.s3files");
+        std::fs::write(&helper, HELPER).expect("helper");
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let log = dir.path().join("helper.log");
+        let state = dir.path().join("state");
+        let mut args = vec![
+            "node".to_owned(),
+            "--node-id".into(),
+            "node-1".into(),
+            "--zone".into(),
+            "us-east-1a".into(),
+            "--zone-id".into(),
+            "use1-az1".into(),
+            "--mount-helper".into(),
+            helper.display().to_string(),
+            "--state-dir".into(),
+            state.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let plugin =
+            Plugin::start_with_env(&args, &[("HELPER_LOG", log.display().to_string())]).await;
+        let client = NodeClient::new(plugin.channel().await);
+        Node {
+            plugin,
+            client,
+            dir,
+            log,
+        }
+    }
+
+    fn target(&self, name: &str) -> PathBuf {
+        let pod = self.dir.path().join("pods").join(name);
+        std::fs::create_dir_all(&pod).expect("pod dir");
+        pod.join("mount")
+    }
+
+    fn helper_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn mounted(path: &Path) -> Option<mountinfo::MountEntry> {
+    let table =
+        mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
+    mountinfo::mount_at(&table, path).cloned()
+}
+
+fn publish(
+    target: &Path,
+    volume_id: &str,
+    mode: AccessMode,
+    readonly: bool,
+    flags: &[&str],
+) -> csi::NodePublishVolumeRequest {
+    let mut cap = mount_capability(mode);
+    if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+        m.mount_flags = flags.iter().map(|s| (*s).to_owned()).collect();
+    }
+    csi::NodePublishVolumeRequest {
+        volume_id: volume_id.to_owned(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        readonly,
+        ..Default::default()
+    }
+}
+
+fn unpublish(target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: format!("s3files:{FS}::{AP}"),
+        target_path: target.display().to_string(),
+    }
+}
+
+#[tokio::test]
+async fn publish_mounts_once_and_unpublish_cleans_up_twice() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-a");
+    let volume = format!("s3files:{FS}::{AP}");
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::MultiNodeMultiWriter,
+            false,
+            &["lookupcache=pos"],
+        ))
+        .await
+        .expect("publish");
+    let entry = mounted(&target).expect("mounted");
+    assert_eq!(entry.fs_type, "tmpfs");
+    assert_eq!(entry.source, FS);
+    let calls = node.helper_calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0],
+        format!(
+            "{FS} {} accesspoint={AP},azid=use1-az1,lookupcache=pos",
+            target.display()
+        )
+    );
+
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::MultiNodeMultiWriter,
+            false,
+            &["lookupcache=pos"],
+        ))
+        .await
+        .expect("publish again");
+    assert_eq!(node.helper_calls().len(), 1, "no second mount");
+
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+    assert!(mounted(&target).is_none());
+    assert!(!target.exists(), "target removed");
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("second unpublish succeeds");
+}
+
+#[tokio::test]
+async fn publish_is_idempotent_across_a_plugin_restart() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-restart");
+    let volume = format!("s3files:{FS}::{AP}");
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish");
+    let state_arg = node.dir.path().join("state").display().to_string();
+    let helper = node.dir.path().join("mount.s3files").display().to_string();
+    let fresh = Plugin::start_with_env(
+        &[
+            "node",
+            "--node-id",
+            "node-1",
+            "--mount-helper",
+            &helper,
+            "--state-dir",
+            &state_arg,
+        ],
+        &[("HELPER_LOG", node.log.display().to_string())],
+    )
+    .await;
+    let mut client = NodeClient::new(fresh.channel().await);
+    client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("same publish after restart");
+    let other = client
+        .node_publish_volume(publish(
+            &target,
+            &format!("s3files:{FS}::fsap-0123456789abcdef9"),
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect_err("another volume at the same target");
+    assert_eq!(other.code(), Code::AlreadyExists);
+    assert_eq!(node.helper_calls().len(), 1);
+    client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+}
+
+#[tokio::test]
+async fn read_only_publish_gives_a_read_only_mount() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-ro");
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &format!("s3files:{FS}:/data:{AP}"),
+            AccessMode::MultiNodeReaderOnly,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish");
+    let entry = mounted(&target).expect("mounted");
+    assert!(entry.read_only(), "{entry:?}");
+    assert!(
+        node.helper_calls()[0].starts_with(&format!("{FS}:/data ")),
+        "{:?}",
+        node.helper_calls()
+    );
+    let err = std::fs::write(target.join("x"), b"no").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(30), "EROFS");
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+}
+
+#[tokio::test]
+async fn a_target_mounted_by_something_else_is_refused() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-other");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "other", &target.display().to_string()])
+        .status()
+        .expect("mount");
+    assert!(status.success());
+    let err = node
+        .client
+        .node_publish_volume(publish(
+            &target,
+            &format!("s3files:{FS}::{AP}"),
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect_err("occupied");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(err.message().contains("did not make"), "{err:?}");
+    let _ = std::process::Command::new("umount").arg(&target).status();
+}
+
+#[tokio::test]
+async fn unpublish_of_a_busy_mount_detaches_it() {
+    let mut node = Node::start(&["--unmount-timeout", "2"]).await;
+    let target = node.target("pod-busy");
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &format!("s3files:{FS}::{AP}"),
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish");
+    // A process whose working directory is inside the mount makes umount fail with EBUSY.
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(&target)
+        .spawn()
+        .expect("holder");
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish detaches");
+    assert!(mounted(&target).is_none(), "detached from the mount table");
+    assert!(!target.exists());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(
+        node.plugin.log().contains("detaching the mount lazily"),
+        "{}",
+        node.plugin.log()
+    );
+}
+
+#[tokio::test]
+async fn helper_failures_and_hangs_are_reported_with_stderr() {
+    let mut node = Node::start(&["--mount-timeout", "1"]).await;
+    let target = node.target("pod-fail");
+    let failed = node
+        .client
+        .node_publish_volume(publish(
+            &target,
+            &format!("s3files:{FS}::{AP}"),
+            AccessMode::SingleNodeWriter,
+            false,
+            &["fail"],
+        ))
+        .await
+        .expect_err("helper fails");
+    assert_eq!(failed.code(), Code::Internal);
+    assert!(
+        failed.message().contains("access denied by server"),
+        "{failed:?}"
+    );
+    let hung = node
+        .client
+        .node_publish_volume(publish(
+            &node.target("pod-hang"),
+            &format!("s3files:{FS}::{AP}"),
+            AccessMode::SingleNodeWriter,
+            false,
+            &["hang"],
+        ))
+        .await
+        .expect_err("helper hangs");
+    assert_eq!(hung.code(), Code::Unavailable);
+    assert!(hung.message().contains("killed"), "{hung:?}");
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_with_the_reason() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-bad");
+    let good = format!("s3files:{FS}::{AP}");
+    let mut block = publish(&target, &good, AccessMode::SingleNodeWriter, false, &[]);
+    block.volume_capability.as_mut().expect("cap").access_type =
+        Some(csi::volume_capability::AccessType::Block(Default::default()));
+    let mut no_cap = publish(&target, &good, AccessMode::SingleNodeWriter, false, &[]);
+    no_cap.volume_capability = None;
+    let mut unknown_ctx = publish(&target, &good, AccessMode::SingleNodeWriter, false, &[]);
+    unknown_ctx
+        .volume_context
+        .insert("path".into(), "/x".into());
+    let mut plain_text = publish(&target, &good, AccessMode::SingleNodeWriter, false, &[]);
+    plain_text
+        .volume_context
+        .insert("encryptInTransit".into(), "false".into());
+    let mut bad_ip = publish(&target, &good, AccessMode::SingleNodeWriter, false, &[]);
+    bad_ip
+        .volume_context
+        .insert("mounttargetip".into(), "10.0.0".into());
+    let cases: Vec<(&str, csi::NodePublishVolumeRequest, &str)> = vec![
+        (
+            "malformed handle",
+            publish(&target, "fs-123", AccessMode::SingleNodeWriter, false, &[]),
+            "volume_id",
+        ),
+        (
+            "efs handle",
+            publish(
+                &target,
+                &format!("efs:{FS}"),
+                AccessMode::SingleNodeWriter,
+                false,
+                &[],
+            ),
+            "volume_id",
+        ),
+        (
+            "empty volume id",
+            publish(&target, "", AccessMode::SingleNodeWriter, false, &[]),
+            "volume_id",
+        ),
+        (
+            "relative target",
+            publish(
+                Path::new("pods/x/mount"),
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &[],
+            ),
+            "absolute",
+        ),
+        (
+            "missing target",
+            publish(
+                Path::new(""),
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &[],
+            ),
+            "target_path",
+        ),
+        (
+            "dotdot target",
+            publish(
+                Path::new("/var/lib/kubelet/../../etc"),
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &[],
+            ),
+            "..",
+        ),
+        ("block", block, "block"),
+        ("no capability", no_cap, "volume_capability"),
+        (
+            "stunnel",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["stunnel"],
+            ),
+            "stunnel",
+        ),
+        (
+            "notls",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["notls"],
+            ),
+            "notls",
+        ),
+        (
+            "az",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["az=us-east-1a"],
+            ),
+            "azid",
+        ),
+        (
+            "crossaccount",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["tls,crossaccount"],
+            ),
+            "cross-account",
+        ),
+        (
+            "other access point",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["accesspoint=fsap-0123456789abcdef9"],
+            ),
+            "contradicts",
+        ),
+        (
+            "rw on read-only",
+            publish(&target, &good, AccessMode::SingleNodeWriter, true, &["rw"]),
+            "rw",
+        ),
+        ("unknown context", unknown_ctx, "path"),
+        ("encryptInTransit false", plain_text, "encryptInTransit"),
+        ("bad mounttargetip", bad_ip, "mounttargetip"),
+    ];
+    for (what, req, expected) in cases {
+        let status = node.client.node_publish_volume(req).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: {status:?}");
+    }
+    assert!(
+        node.helper_calls().is_empty(),
+        "no bad request reached the helper"
+    );
+    for (what, req) in [
+        (
+            "no volume id",
+            csi::NodeUnpublishVolumeRequest {
+                volume_id: String::new(),
+                target_path: target.display().to_string(),
+            },
+        ),
+        (
+            "relative target",
+            csi::NodeUnpublishVolumeRequest {
+                volume_id: "v".into(),
+                target_path: "x/y".into(),
+            },
+        ),
+    ] {
+        let status = node
+            .client
+            .node_unpublish_volume(req)
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn stats_report_usage_and_not_found() {
+    let mut node = Node::start(&[]).await;
+    let target = node.target("pod-stats");
+    let volume = format!("s3files:{FS}::{AP}");
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish");
+    std::fs::write(target.join("f"), vec![7u8; 64 * 1024]).expect("write");
+    let stats = node
+        .client
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let bytes = stats
+        .usage
+        .iter()
+        .find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32)
+        .expect("bytes");
+    assert_eq!(bytes.total, 1 << 20, "the 1 MiB tmpfs");
+    assert!(bytes.used >= 64 * 1024, "{bytes:?}");
+    assert!(
+        stats
+            .usage
+            .iter()
+            .any(|u| u.unit == csi::volume_usage::Unit::Inodes as i32)
+    );
+    assert_eq!(stats.volume_condition.map(|c| c.abnormal), Some(false));
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+    let gone = node
+        .client
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume,
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("not mounted");
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn node_info_reports_zone_and_zone_id() {
+    let mut node = Node::start(&[]).await;
+    let info = node
+        .client
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.node_id, "node-1");
+    let segments = info.accessible_topology.expect("topology").segments;
+    assert_eq!(segments["topology.kubernetes.io/zone"], "us-east-1a");
+    assert_eq!(segments["topology.k8s.aws/zone-id"], "use1-az1");
+}
+
+#[tokio::test]
+async fn probe_is_not_ready_until_the_helper_exists() {
+    let plugin = Plugin::start(&[
+        "node",
+        "--node-id",
+        "n1",
+        "--mount-helper",
+        "/nonexistent/mount.s3files",
+    ])
+    .await;
+    let health = s3files_csi::client::health(&plugin.endpoint)
+        .await
+        .expect("probe answers");
+    assert!(!health.ready);
+    assert!(
+        health
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("mount-helper")),
+        "{health:?}"
+    );
+}
+
+/// States real mounts cannot be put in here: a mount whose daemon died.
+#[tokio::test]
+async fn a_broken_mount_is_abnormal_and_republishing_replaces_it() {
+    use s3files_csi::identity::{IdentityService, Mode};
+    use s3files_csi::node::{NodeConfig, NodeService, NodeTopology};
+    use s3files_csi::server::{Listener, Services};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = Arc::new(FakeMounter::default());
+    let node = NodeService::new(
+        NodeConfig {
+            node_id: "n".into(),
+            topology: NodeTopology::default(),
+            region: None,
+            state_dir: dir.path().join("state"),
+        },
+        fake.clone(),
+    );
+    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().expect("endpoint"))
+        .await
+        .expect("bind");
+    let endpoint = listener.local_endpoint().expect("endpoint");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(listener.serve(
+        Services {
+            identity: IdentityService::new("s3files.csi.dev".into(), Mode::Node, vec![]),
+            controller: None,
+            node: Some(node),
+            metrics: None,
+        },
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    let mut client = NodeClient::new(
+        s3files_csi::client::connect(&endpoint)
+            .await
+            .expect("connect"),
+    );
+    let target = dir.path().join("mount");
+    let volume = format!("s3files:{FS}::{AP}");
+    client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish");
+    fake.break_mount(&target);
+    let stats = client
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats answer even when broken")
+        .into_inner();
+    let condition = stats.volume_condition.expect("condition");
+    assert!(condition.abnormal);
+    assert!(condition.message.contains("not connected"), "{condition:?}");
+    client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("republish");
+    assert_eq!(fake.mount_calls(), 2, "the broken mount was replaced");
+    fake.fail_next_mount("mount.s3files: Failed to resolve file system DNS name");
+    let other = dir.path().join("other");
+    let err = client
+        .node_publish_volume(publish(
+            &other,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect_err("fails");
+    assert!(err.message().contains("DNS"), "{err:?}");
+    stop.send(()).expect("running");
+    server.await.expect("join").expect("stopped");
+}
