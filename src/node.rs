@@ -306,10 +306,10 @@ impl NodeService {
             user.iter()
                 .any(|o: &String| o.split('=').next() == Some(name))
         };
-        if !has("azid") {
-            if let Some(z) = ctx.get("azid").or(self.config.topology.zone_id.as_ref()) {
-                options.push(format!("azid={z}"));
-            }
+        if !has("azid")
+            && let Some(z) = ctx.get("azid").or(self.config.topology.zone_id.as_ref())
+        {
+            options.push(format!("azid={z}"));
         }
         if !has("region")
             && let Some(r) = &self.config.region
