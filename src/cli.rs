@@ -167,6 +167,15 @@ pub struct NodeArgs {
     #[arg(long, default_value = "30", value_parser = parse_seconds, help_heading = "Node")]
     pub unmount_timeout: Duration,
 
+    /// Ask Kubernetes for this Node's zone labels and remove its not-ready taint: `auto` (when
+    /// running in a cluster or KUBECONFIG is set), `on` or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"], help_heading = "Node")]
+    pub kubernetes: String,
+
+    /// When the zone is still unknown, ask EC2 instance metadata (IMDSv2).
+    #[arg(long, env = "S3FILES_IMDS_FALLBACK", help_heading = "Node")]
+    pub imds_fallback: bool,
+
     /// Where published volumes are recorded, so a restarted plugin stays idempotent.
     #[arg(
         long,

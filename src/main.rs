@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, ServeArgs};
+use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, NodeArgs, ServeArgs};
+use s3files_csi::node::k8s;
 use std::sync::Arc;
+use tracing::info;
 
 use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions, CloudReadiness};
 use s3files_csi::cloud::{Observed, S3Files};
@@ -88,12 +90,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 unmount_timeout: args.unmount_timeout,
                 stat_timeout: std::time::Duration::from_secs(5),
             });
+            let kube = kube_client(&args.kubernetes).await?;
+            let topology = resolve_topology(&args, kube.clone()).await;
+            info!(zone = ?topology.zone, zone_id = ?topology.zone_id, "node topology");
             let config = NodeConfig {
                 node_id: args.node_id.clone(),
-                topology: NodeTopology {
-                    zone: args.zone.clone(),
-                    zone_id: args.zone_id.clone(),
-                },
+                topology,
                 region: args.region.clone(),
                 state_dir: args.state_dir.clone(),
             };
@@ -107,11 +109,73 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 node: Some(NodeService::new(config, mounter)),
                 metrics: start_metrics(&args.serve),
             };
-            serve(&args.serve, services).await
+            let listener = Listener::bind(&args.serve.endpoint).await?;
+            // Only a plugin that is serving lets pods onto the node.
+            if let Some(client) = kube {
+                tokio::spawn(k8s::remove_taint_until_done(client, args.node_id.clone()));
+            }
+            listener
+                .serve(services, shutdown_signal(), args.serve.shutdown_grace)
+                .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Health(args) => health(args).await,
         Command::Emulator(args) => emulator(args).await,
     }
+}
+
+/// A Kubernetes client when `--kubernetes` asks for one.
+async fn kube_client(mode: &str) -> anyhow::Result<Option<kube::Client>> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some();
+    match (mode, in_cluster) {
+        ("off", _) | ("auto", false) => Ok(None),
+        _ => Ok(Some(
+            kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API")?,
+        )),
+    }
+}
+
+/// The node's zone: flags first, then the Node's labels, then (opt-in) instance metadata.
+async fn resolve_topology(args: &NodeArgs, kube: Option<kube::Client>) -> NodeTopology {
+    let mut topology = NodeTopology {
+        zone: args.zone.clone(),
+        zone_id: args.zone_id.clone(),
+    };
+    let complete = |t: &NodeTopology| t.zone.is_some() && t.zone_id.is_some();
+    if !complete(&topology)
+        && let Some(client) = kube
+    {
+        match k8s::node_topology(client, &args.node_id).await {
+            Ok(found) => {
+                topology.zone = topology.zone.or(found.zone);
+                topology.zone_id = topology.zone_id.or(found.zone_id);
+            }
+            Err(e) => {
+                tracing::warn!(node = %args.node_id, error = %e, "could not read the Node's zone labels")
+            }
+        }
+    }
+    if !complete(&topology) && args.imds_fallback {
+        let imds = aws_config::imds::Client::builder().build();
+        if topology.zone.is_none() {
+            topology.zone = imds
+                .get("/latest/meta-data/placement/availability-zone")
+                .await
+                .ok()
+                .map(String::from);
+        }
+        if topology.zone_id.is_none() {
+            topology.zone_id = imds
+                .get("/latest/meta-data/placement/availability-zone-id")
+                .await
+                .ok()
+                .map(String::from);
+        }
+    }
+    topology
 }
 
 /// The data store for `onDelete: delete`, from `--data-store`.

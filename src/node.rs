@@ -12,6 +12,8 @@
 //! Which volume was published where is recorded in `state_dir`, so idempotency survives a
 //! restart of the plugin (the mount table of an NFS mount only shows `127.0.0.1:/`).
 
+pub mod k8s;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
