@@ -720,3 +720,82 @@ async fn a_broken_mount_is_abnormal_and_republishing_replaces_it() {
     stop.send(()).expect("running");
     server.await.expect("join").expect("stopped");
 }
+
+/// Mounts a FUSE file system at `target` and closes its device at once: the kernel then
+/// answers every access with ENOTCONN, exactly like a mount whose daemon died.
+fn dead_fuse_mount(target: &Path) {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(target).expect("mkdir");
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .expect("/dev/fuse");
+    let data = format!(
+        "fd={},rootmode=40000,user_id=0,group_id=0",
+        device.as_raw_fd()
+    );
+    nix::mount::mount(
+        Some("dead-daemon"),
+        target,
+        Some("fuse.dead"),
+        nix::mount::MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .expect("mount a FUSE file system");
+    drop(device);
+    let err = std::fs::read_dir(target).expect_err("a dead FUSE mount does not answer");
+    assert_eq!(err.raw_os_error(), Some(107), "ENOTCONN: {err}");
+}
+
+#[tokio::test]
+async fn a_dead_fuse_mount_is_abnormal_replaced_on_publish_and_unpublished() {
+    let mut node = Node::start(&[]).await;
+    let volume = format!("s3files:{FS}::{AP}");
+
+    // Stats on a dead mount: an answer with an abnormal condition, not an error.
+    let target = node.target("pod-dead");
+    dead_fuse_mount(&target);
+    let stats = node
+        .client
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume.clone(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let condition = stats.volume_condition.expect("condition");
+    assert!(condition.abnormal, "{condition:?}");
+
+    // Unpublishing a dead mount succeeds and removes the target.
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish a dead mount");
+    assert!(mounted(&target).is_none());
+    assert!(!target.exists());
+
+    // Publishing onto a dead mount replaces it with a working one.
+    let target = node.target("pod-dead-2");
+    dead_fuse_mount(&target);
+    node.client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("publish over a dead mount");
+    let entry = mounted(&target).expect("mounted");
+    assert_eq!(entry.fs_type, "tmpfs", "the working mount is on top");
+    std::fs::write(target.join("ok"), b"works").expect("writable");
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+    assert!(mounted(&target).is_none(), "every layer peeled off");
+}
