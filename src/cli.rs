@@ -43,7 +43,9 @@ pub enum Command {
     Health(HealthArgs),
     /// Serve a local emulator of the S3 Files API (for tests, CI and the quickstart).
     Emulator(EmulatorArgs),
-    // Later roles: `mount` and `quickstart` (#6).
+    /// Mount an access point over FUSE: a mount.s3files-compatible helper for the local data plane.
+    Mount(MountArgs),
+    // Later: `quickstart` (#6).
 }
 
 /// Logging flags, accepted before or after the subcommand.
@@ -196,6 +198,27 @@ pub struct HealthArgs {
     /// Keep asking for up to this many seconds until the plugin is up and ready.
     #[arg(long, default_value = "0", value_parser = parse_seconds)]
     pub wait: Duration,
+}
+
+/// `s3files-csi mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// `<fs-id>[:/path]`.
+    pub source: String,
+    /// Where to mount.
+    pub target: std::path::PathBuf,
+    /// Options, e.g. accesspoint=fsap-...,ro (options of the AWS helper that do not apply are ignored).
+    #[arg(short = 'o')]
+    pub options: Option<String>,
+    /// Stay in the foreground and serve until unmounted (default: return once mounted).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Where bucket data lives: local:/DIR, s3 or s3:URL (default: ask the emulator).
+    #[arg(long, env = "S3FILES_STORAGE")]
+    pub storage: Option<String>,
+    /// Log of the background daemon.
+    #[arg(long, default_value = "/tmp/s3files-mount.log")]
+    pub log_file: std::path::PathBuf,
 }
 
 /// `s3files-csi emulator`.

@@ -67,7 +67,8 @@ impl ObjectData {
         }
     }
 
-    fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    /// The object store client for `bucket` (a bucket name), made once.
+    pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         if let Some(s) = self
             .stores
             .lock()
@@ -109,7 +110,7 @@ impl ObjectData {
 }
 
 /// `name` from `arn:aws:s3:::name`.
-fn bucket_name(arn: &str) -> Result<&str> {
+pub fn bucket_name(arn: &str) -> Result<&str> {
     match arn.rsplit_once(":::") {
         Some((_, name)) if !name.is_empty() && !name.contains('/') => Ok(name),
         _ => Err(Error::Internal(format!("{arn:?} is not a bucket ARN"))),

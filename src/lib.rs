@@ -13,6 +13,7 @@ pub mod csi;
 pub mod data;
 pub mod emulator;
 pub mod error;
+pub mod fuse;
 pub mod identity;
 pub mod metrics;
 pub mod mount;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, NodeArgs, ServeArgs};
+use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, MountArgs, NodeArgs, ServeArgs};
 use s3files_csi::node::k8s;
 use std::sync::Arc;
 use tracing::info;
@@ -121,6 +121,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Health(args) => health(args).await,
         Command::Emulator(args) => emulator(args).await,
+        Command::Mount(args) => mount(args).await,
     }
 }
 
@@ -183,6 +184,26 @@ fn data_store(spec: Option<&str>) -> anyhow::Result<Option<Arc<dyn DataStore>>> 
     let Some(spec) = spec else { return Ok(None) };
     let location = DataLocation::parse(spec).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(ObjectData::new(location))))
+}
+
+async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
+    use s3files_csi::fuse::helper;
+    let request = helper::parse(&args.source, &args.target, args.options.as_deref())?;
+    if args.foreground {
+        helper::serve(request, args.storage).await?;
+    } else {
+        let mut forward = vec![args.source.clone(), args.target.display().to_string()];
+        if let Some(o) = &args.options {
+            forward.extend(["-o".to_owned(), o.clone()]);
+        }
+        if let Some(s) = &args.storage {
+            forward.extend(["--storage".to_owned(), s.clone()]);
+        }
+        let mut all = vec!["mount".to_owned()];
+        all.extend(forward);
+        helper::daemonize(&all, &args.target, &args.log_file).await?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,15 @@
+//! The local data plane: a FUSE file system over an object store, serving one access point's
+//! directory of a bucket, so emulated S3 Files volumes are real, mountable file systems.
+//!
+//! Storage goes through `object_store`, which speaks to any S3-compatible endpoint and to a
+//! local directory (the emulator's default). Layout, as S3 Files keeps it: the file `a/b.txt`
+//! under the access point root `/vol` of a file system with prefix `k8s/` is the object
+//! `k8s/vol/a/b.txt`. A directory exists while objects live under it; an empty directory is kept
+//! by a zero-byte marker object `<dir>/.s3files-dir` that listings hide.
+//!
+//! Reads are ranged GETs. Writes go to a staging file on local disk (memory stays bounded
+//! however large the file) and are uploaded when the file is flushed, fsynced or closed, so a
+//! reader opening the file after the writer closed it sees the data.
+
+pub mod fs;
+pub mod helper;

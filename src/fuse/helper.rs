@@ -1,0 +1,279 @@
+//! `s3files-csi mount`: a `mount.s3files`-compatible helper that serves an access point of an
+//! emulated (or real) S3 Files file system over FUSE.
+//!
+//! `s3files-csi mount <fs-id>[:/path] <target> -o accesspoint=<fsap-id>[,ro][,...]` asks the
+//! S3 Files API (`AWS_ENDPOINT_URL_S3FILES`) for the file system's bucket and prefix and the
+//! access point's root directory and POSIX user, finds where bucket data lives (the emulator's
+//! `/_emulator/storage`, or `--storage`), then serves that directory at `target`. Without
+//! `--foreground` it starts itself in the background and returns once the mount is in the mount
+//! table, as mount helpers do. Options of the real helper that do not apply locally (`tls`,
+//! `iam`, `azid`, `region`, `mounttargetip`...) are accepted and ignored.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::fs::{DIR_MARKER, Identity, ObjectFs};
+use crate::cloud::aws::{AwsS3Files, ClientOptions};
+use crate::cloud::{LifeCycle, S3Files};
+use crate::data::{DataLocation, ObjectData, bucket_name};
+use crate::mount::mountinfo;
+
+/// What the helper was asked to mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountRequest {
+    pub file_system_id: String,
+    pub subpath: Option<String>,
+    pub target: PathBuf,
+    pub access_point: Option<String>,
+    pub read_only: bool,
+}
+
+/// Parses `SOURCE TARGET [-o OPTIONS]` as `mount.s3files` takes them.
+pub fn parse(source: &str, target: &Path, options: Option<&str>) -> anyhow::Result<MountRequest> {
+    let (fs, subpath) = match source.split_once(':') {
+        Some((fs, path)) => (
+            fs,
+            crate::volume::normalise_subpath(path).map_err(anyhow::Error::msg)?,
+        ),
+        None => (source, None),
+    };
+    if !fs.starts_with("fs-") || fs.len() < 20 || !fs[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{source:?} is not <fs-id>[:/path]");
+    }
+    let mut request = MountRequest {
+        file_system_id: fs.to_owned(),
+        subpath,
+        target: target.to_owned(),
+        access_point: None,
+        read_only: false,
+    };
+    for option in options
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        match option.split_once('=') {
+            Some(("accesspoint", ap)) => request.access_point = Some(ap.to_owned()),
+            None if option == "ro" => request.read_only = true,
+            None if option == "rw" => request.read_only = false,
+            _ => {}
+        }
+    }
+    Ok(request)
+}
+
+/// Asks the emulator where bucket data lives (`GET /_emulator/storage`).
+async fn emulator_storage(endpoint: &str) -> anyhow::Result<DataLocation> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = endpoint
+        .strip_prefix("http://")
+        .context("the emulator endpoint must be http://HOST:PORT")?;
+    let hostport = hostport.trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(hostport)
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    let request =
+        format!("GET /_emulator/storage HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed answer from the emulator")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "{endpoint} did not say where bucket data lives (is it the s3files-csi emulator?); pass --storage"
+        );
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(body.trim()).context("reading /_emulator/storage")?;
+    match value["kind"].as_str() {
+        Some("local") => Ok(DataLocation::Local {
+            root: PathBuf::from(value["root"].as_str().unwrap_or("/")),
+        }),
+        Some("s3") => Ok(DataLocation::S3 {
+            endpoint: value["endpoint"].as_str().map(str::to_owned),
+        }),
+        _ => bail!("unexpected storage answer {body}"),
+    }
+}
+
+/// Mounts in the foreground: returns when the file system is unmounted.
+pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Result<()> {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3FILES").ok();
+    let cloud = AwsS3Files::from_env(&ClientOptions {
+        rate_limit: None,
+        ..ClientOptions::default()
+    })
+    .await;
+    let fs = cloud
+        .get_file_system(&request.file_system_id)
+        .await
+        .context("looking up the file system")?;
+    if fs.status != LifeCycle::Available {
+        bail!("file system {} is {}, not available", fs.id, fs.status);
+    }
+    let (root_path, identity) = match &request.access_point {
+        Some(ap_id) => {
+            let ap = cloud
+                .get_access_point(ap_id)
+                .await
+                .context("looking up the access point")?;
+            if ap.file_system_id != fs.id {
+                bail!(
+                    "access point {ap_id} belongs to {}, not {}",
+                    ap.file_system_id,
+                    fs.id
+                );
+            }
+            if ap.status != LifeCycle::Available {
+                bail!("access point {ap_id} is {}, not available", ap.status);
+            }
+            let user = ap.posix_user.clone();
+            let dir_mode = ap
+                .creation_permissions
+                .as_ref()
+                .and_then(|c| u16::from_str_radix(&c.permissions, 8).ok())
+                .unwrap_or(0o755);
+            let identity = Identity {
+                uid: user.as_ref().map(|u| u.uid).unwrap_or(0),
+                gid: user.as_ref().map(|u| u.gid).unwrap_or(0),
+                dir_mode: dir_mode & 0o7777,
+                file_mode: 0o644,
+            };
+            (ap.root_path.unwrap_or_else(|| "/".into()), identity)
+        }
+        None => (
+            "/".to_owned(),
+            Identity {
+                uid: 0,
+                gid: 0,
+                dir_mode: 0o755,
+                file_mode: 0o644,
+            },
+        ),
+    };
+    let location = match (storage, endpoint) {
+        (Some(spec), _) => DataLocation::parse(&spec).map_err(anyhow::Error::msg)?,
+        (None, Some(endpoint)) => emulator_storage(&endpoint).await?,
+        (None, None) => DataLocation::S3 { endpoint: None },
+    };
+    let data = ObjectData::new(location);
+    let store = data.store(bucket_name(&fs.bucket)?)?;
+    let mut root = format!("{}{}", fs.prefix, root_path.trim_start_matches('/'));
+    if let Some(sub) = &request.subpath {
+        root = format!(
+            "{}/{}",
+            root.trim_end_matches('/'),
+            sub.trim_start_matches('/')
+        );
+    }
+    let root = root.trim_matches('/').to_owned();
+    // The access point's root directory is created on first use, as S3 Files does.
+    if !root.is_empty() {
+        use object_store::ObjectStoreExt;
+        let base = object_store::path::Path::from(root.as_str());
+        let mut listing = store.list(Some(&base));
+        use futures_util::StreamExt;
+        if listing.next().await.is_none() {
+            store
+                .put(
+                    &base.clone().join(DIR_MARKER),
+                    object_store::PutPayload::default(),
+                )
+                .await
+                .context("creating the root directory")?;
+        }
+    }
+    let staging = tempfile::tempdir().context("staging directory")?;
+    let filesystem = ObjectFs::new(
+        store,
+        &root,
+        identity,
+        tokio::runtime::Handle::current(),
+        staging.path().to_owned(),
+    );
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("s3files:{}", request.file_system_id)),
+        fuser::MountOption::Subtype("s3files".into()),
+        if request.read_only {
+            fuser::MountOption::RO
+        } else {
+            fuser::MountOption::RW
+        },
+    ];
+    config.acl = fuser::SessionACL::All;
+    let target = request.target.clone();
+    tracing::info!(target = %target.display(), %root, "serving");
+    tokio::task::spawn_blocking(move || fuser::mount(filesystem, &target, &config))
+        .await?
+        .with_context(|| format!("mounting at {}", request.target.display()))?;
+    drop(staging);
+    Ok(())
+}
+
+/// Starts `serve` in a background process and returns once `target` is mounted.
+pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .arg("--foreground")
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .context("starting the mount daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let table =
+            mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        if mountinfo::mount_at(&table, target).is_some() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            bail!(
+                "the mount daemon exited ({status}): {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            bail!("{} was not mounted within 30 s", target.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helper_arguments_parse_like_mount_s3files() {
+        let r = parse(
+            "fs-0123456789abcdef0:/data/x",
+            Path::new("/mnt/t"),
+            Some("tls,accesspoint=fsap-0123456789abcdef1,ro,azid=use1-az1"),
+        )
+        .expect("parses");
+        assert_eq!(r.file_system_id, "fs-0123456789abcdef0");
+        assert_eq!(r.subpath.as_deref(), Some("/data/x"));
+        assert_eq!(r.access_point.as_deref(), Some("fsap-0123456789abcdef1"));
+        assert!(r.read_only);
+        assert!(parse("nope", Path::new("/mnt"), None).is_err());
+    }
+}
