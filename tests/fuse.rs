@@ -248,3 +248,22 @@ async fn two_mounts_of_one_volume_see_each_others_writes_after_close() {
     .await
     .expect("shared");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_onto_an_existing_file_replaces_it() {
+    let emu = RunningEmulator::start(test_config()).await;
+    let (fs, ap) = setup(&emu).await;
+    let m = mount(&emu, &fs, &ap, "").await;
+    let t = m.target.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(t.join("old"), b"old").expect("write");
+        std::fs::write(t.join("new"), b"new").expect("write");
+        // Both names are known to the mount before the rename.
+        assert_eq!(std::fs::read(t.join("old")).expect("read"), b"old");
+        std::fs::rename(t.join("new"), t.join("old")).expect("rename over");
+        assert_eq!(std::fs::read(t.join("old")).expect("read"), b"new");
+        assert!(!t.join("new").exists());
+    })
+    .await
+    .expect("rename");
+}

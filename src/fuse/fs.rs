@@ -580,10 +580,13 @@ impl Filesystem for ObjectFs {
                 })
                 .cloned()
                 .collect();
-            for p in stale {
-                let Some(ino) = t.by_path.remove(&p) else {
-                    continue;
-                };
+            // Take every affected entry out first, then put the moved ones back: an entry
+            // that the move replaced must not remove the moved one's new name.
+            let taken: Vec<(String, u64)> = stale
+                .into_iter()
+                .filter_map(|p| t.by_path.remove(&p).map(|ino| (p, ino)))
+                .collect();
+            for (p, ino) in taken {
                 let moved = if p == from {
                     Some(to.clone())
                 } else {
