@@ -481,10 +481,7 @@ impl Filesystem for ObjectFs {
             self.forget_path(&path);
             Ok(())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -508,10 +505,7 @@ impl Filesystem for ObjectFs {
             self.forget_path(&path);
             Ok(())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn rename(
@@ -609,10 +603,7 @@ impl Filesystem for ObjectFs {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -784,10 +775,7 @@ impl Filesystem for ObjectFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.flush_handle(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, self.flush_handle(fh.0));
     }
 
     fn fsync(
@@ -798,10 +786,7 @@ impl Filesystem for ObjectFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.flush_handle(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, self.flush_handle(fh.0));
     }
 
     fn release(
@@ -816,10 +801,7 @@ impl Filesystem for ObjectFs {
     ) {
         let result = self.flush_handle(fh.0);
         self.tables().handles.remove(&fh.0);
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer(reply, result);
     }
 
     fn readdir(
@@ -882,6 +864,14 @@ impl Filesystem for ObjectFs {
         // An elastic file system: report 8 EiB, as NFS clients of S3 Files see.
         let blocks = 1u64 << 51;
         reply.statfs(blocks, blocks, blocks, 1 << 40, 1 << 40, 4096, 255, 4096);
+    }
+}
+
+/// Answers an operation that returns no data.
+fn answer(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
