@@ -45,7 +45,12 @@ pub enum Command {
     Emulator(EmulatorArgs),
     /// Mount an access point over FUSE: a mount.s3files-compatible helper for the local data plane.
     Mount(MountArgs),
-    // Later: `quickstart` (#6).
+    /// Run the whole driver on this machine against an emulator: provision, mount, write, clean up.
+    Quickstart {
+        /// Keep the temporary directory (bucket data, sockets) for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 /// Logging flags, accepted before or after the subcommand.

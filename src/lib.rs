@@ -18,6 +18,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mount;
 pub mod node;
+pub mod quickstart;
 pub mod rpc;
 pub mod server;
 pub mod telemetry;

@@ -122,6 +122,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Health(args) => health(args).await,
         Command::Emulator(args) => emulator(args).await,
         Command::Mount(args) => mount(args).await,
+        Command::Quickstart { keep } => {
+            s3files_csi::quickstart::run(keep).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct MountHelper {
     pub program: PathBuf,
     /// Arguments before `SOURCE TARGET -o OPTIONS`.
     pub leading_args: Vec<String>,
+    /// Extra environment for the helper (the quickstart points it at its emulator).
+    pub env: Vec<(String, String)>,
 }
 
 impl MountHelper {
@@ -27,6 +29,7 @@ impl MountHelper {
         MountHelper {
             program: PathBuf::from("mount"),
             leading_args: vec!["-t".into(), "s3files".into()],
+            env: Vec::new(),
         }
     }
 
@@ -35,6 +38,7 @@ impl MountHelper {
         MountHelper {
             program: path.into(),
             leading_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -77,6 +81,7 @@ impl Mounter for LinuxMounter {
     async fn mount(&self, spec: &MountSpec) -> Result<(), MountError> {
         let helper = self.helper.name();
         let mut cmd = tokio::process::Command::new(&self.helper.program);
+        cmd.envs(self.helper.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&self.helper.leading_args)
             .arg(&spec.source)
             .arg(&spec.target);
