@@ -88,13 +88,7 @@ async fn zone_comes_from_the_node_labels_and_the_taint_goes() {
     let url = fake_api(node.clone()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
+    common::write_kubeconfig(&kubeconfig, &url);
     let state = dir.path().join("state").display().to_string();
     let plugin = Plugin::start_with_env(
         &[
@@ -150,7 +144,7 @@ async fn flags_win_over_labels_and_a_missing_node_is_only_a_warning() {
     let url = fake_api(node).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: f\n  cluster:\n    server: {url}\nusers:\n- name: f\n  user: {{}}\ncontexts:\n- name: f\n  context:\n    cluster: f\n    user: f\ncurrent-context: f\n")).expect("kubeconfig");
+    common::write_kubeconfig(&kubeconfig, &url);
     let state = dir.path().join("state").display().to_string();
     let plugin = Plugin::start_with_env(
         &[

@@ -210,18 +210,15 @@ async fn in_flight_calls_finish_after_the_shutdown_signal() {
         release: release.clone(),
         outcome: Ok(()),
     };
-    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().expect("endpoint"))
-        .await
-        .expect("bind");
-    let endpoint = listener.local_endpoint().expect("endpoint");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(
+    let common::InProcess {
+        endpoint,
+        stop,
+        task: server,
+    } = common::serve_in_process(
         services(Mode::Controller, vec![Arc::new(gate)]),
-        async move {
-            let _ = stopped.await;
-        },
         Duration::from_secs(30),
-    ));
+    )
+    .await;
 
     let mut identity = IdentityClient::new(
         s3files_csi::client::connect(&endpoint)
@@ -252,18 +249,15 @@ async fn probe_says_not_ready_with_the_failing_check_and_its_reason() {
         release,
         outcome: Err("mount helper /sbin/mount.s3files not found".into()),
     };
-    let listener = Listener::bind(&"tcp://127.0.0.1:0".parse().expect("endpoint"))
-        .await
-        .expect("bind");
-    let endpoint = listener.local_endpoint().expect("endpoint");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(listener.serve(
+    let common::InProcess {
+        endpoint,
+        stop,
+        task: server,
+    } = common::serve_in_process(
         services(Mode::Node, vec![Arc::new(gate)]),
-        async move {
-            let _ = stopped.await;
-        },
         Duration::from_secs(5),
-    ));
+    )
+    .await;
     let health = s3files_csi::client::health(&endpoint)
         .await
         .expect("probe answers");

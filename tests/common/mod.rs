@@ -297,3 +297,46 @@ pub fn mount_capability(
         access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
     }
 }
+
+/// A server running in this process on a free loopback port.
+pub struct InProcess {
+    pub endpoint: Endpoint,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Serves `services` on `tcp://127.0.0.1:0` until `stop` is sent, then drains for `grace`.
+pub async fn serve_in_process(
+    services: s3files_csi::server::Services,
+    grace: Duration,
+) -> InProcess {
+    let listener =
+        s3files_csi::server::Listener::bind(&"tcp://127.0.0.1:0".parse().expect("endpoint"))
+            .await
+            .expect("bind");
+    let endpoint = listener.local_endpoint().expect("endpoint");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(listener.serve(
+        services,
+        async move {
+            let _ = stopped.await;
+        },
+        grace,
+    ));
+    InProcess {
+        endpoint,
+        stop,
+        task,
+    }
+}
+
+/// A kubeconfig for an unauthenticated API server at `url`.
+pub fn write_kubeconfig(path: &std::path::Path, url: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+}
