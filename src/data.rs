@@ -67,6 +67,14 @@ impl ObjectData {
         }
     }
 
+    /// The directory of `bucket` when buckets are local directories.
+    pub fn local_dir(&self, bucket: &str) -> Option<PathBuf> {
+        match &self.location {
+            DataLocation::Local { root } => Some(root.join(bucket)),
+            DataLocation::S3 { .. } => None,
+        }
+    }
+
     /// The object store client for `bucket` (a bucket name), made once.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         if let Some(s) = self

@@ -13,3 +13,5 @@
 
 pub mod fs;
 pub mod helper;
+pub mod objects;
+pub mod prefetch;

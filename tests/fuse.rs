@@ -45,6 +45,7 @@ async fn mount(emu: &RunningEmulator, fs: &str, ap: &str, extra: &str) -> Mounte
         move || {
             Command::new(BIN)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("RUST_LOG", "s3files_csi=debug")
                 .arg("mount")
                 .arg(&fs_owned)
                 .arg(&target)
@@ -266,4 +267,151 @@ async fn renaming_onto_an_existing_file_replaces_it() {
     })
     .await
     .expect("rename");
+}
+
+async fn second_user(emu: &RunningEmulator, fs: &str, uid: u32) -> String {
+    emu.cloud()
+        .create_access_point(&NewAccessPoint {
+            file_system_id: fs.to_owned(),
+            client_token: format!("fuse-ap-{uid}"),
+            posix_user: Some(PosixUser {
+                uid,
+                gid: uid,
+                secondary_gids: vec![],
+            }),
+            root_path: Some("/vol-a".into()),
+            creation_permissions: None,
+            tags: vec![],
+        })
+        .await
+        .expect("ap")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let emu = RunningEmulator::start(test_config()).await;
+    let (fs, ap) = setup(&emu).await;
+    let other_ap = second_user(&emu, &fs, 999).await;
+    let m = mount(&emu, &fs, &ap, "").await;
+    let other = mount(&emu, &fs, &other_ap, "").await;
+    let (t, o) = (m.target.clone(), other.target.clone());
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let result = tokio::task::spawn_blocking(move || {
+        let perm = |p: &Path| std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777;
+        let owner = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).expect("stat");
+            (m.uid(), m.gid())
+        };
+        // This test runs as root; every operation acts as the access point's user.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(t.join("secret"))
+            .expect("create")
+            .write_all(b"s")
+            .expect("write");
+        assert_eq!(owner(&t.join("secret")), (1234, 5678));
+        assert_eq!(perm(&t.join("secret")), 0o600);
+        std::fs::set_permissions(t.join("secret"), std::fs::Permissions::from_mode(0o640))
+            .expect("chmod by the owner");
+        assert_eq!(perm(&t.join("secret")), 0o640);
+        let err = std::os::unix::fs::chown(t.join("secret"), Some(42), None)
+            .expect_err("only root gives files away");
+        assert_eq!(err.raw_os_error(), Some(1), "EPERM");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(t.join("private"))
+            .expect("mkdir");
+        std::fs::write(t.join("private/inner"), b"i").expect("write inside");
+        std::os::unix::fs::symlink("private/inner", t.join("link")).expect("symlink");
+        assert_eq!(
+            std::fs::read_link(t.join("link")).expect("readlink"),
+            Path::new("private/inner")
+        );
+        assert_eq!(
+            std::fs::read(t.join("link")).expect("through the link"),
+            b"i"
+        );
+        std::fs::File::options()
+            .write(true)
+            .open(t.join("secret"))
+            .expect("open")
+            .set_modified(when)
+            .expect("touch -d");
+
+        // Another access point's user (999) is refused what the modes refuse: first nothing
+        // (the root is 0750), then, once the owner opens the root to others, what the files'
+        // own modes refuse.
+        assert_eq!(
+            std::fs::metadata(o.join("secret"))
+                .expect_err("0750 root")
+                .raw_os_error(),
+            Some(13)
+        );
+        std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o755)).expect("chmod root");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(owner(&o.join("private")), (1234, 5678));
+        let denied = |r: std::io::Result<()>| r.expect_err("denied").raw_os_error();
+        assert_eq!(
+            denied(std::fs::read_dir(o.join("private")).map(|_| ())),
+            Some(13)
+        );
+        assert_eq!(
+            denied(std::fs::read(o.join("secret")).map(|_| ())),
+            Some(13)
+        );
+        assert_eq!(
+            denied(std::fs::write(o.join("x"), b"x")),
+            Some(13),
+            "0755 root"
+        );
+        assert_eq!(
+            denied(std::fs::set_permissions(
+                o.join("secret"),
+                std::fs::Permissions::from_mode(0o777)
+            )),
+            Some(1)
+        );
+    })
+    .await;
+    if result.is_err() {
+        for mm in [&m, &other] {
+            let log = mm.target.parent().expect("dir").join("mount.log");
+            eprintln!("{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
+    result.expect("posix operations");
+    drop(m);
+    drop(other);
+    // Everything survives a remount: it lives in the bucket.
+    let m = mount(&emu, &fs, &ap, "").await;
+    let t = m.target.clone();
+    let root = m.bucket_root.join("vol-a");
+    tokio::task::spawn_blocking(move || {
+        let meta = std::fs::metadata(t.join("secret")).expect("stat");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (1234, 5678, 0o640)
+        );
+        assert_eq!(meta.modified().expect("mtime"), when);
+        let dir = std::fs::metadata(t.join("private")).expect("stat dir");
+        assert!(dir.is_dir());
+        assert_eq!(dir.mode() & 0o7777, 0o700);
+        let link = std::fs::symlink_metadata(t.join("link")).expect("lstat");
+        assert!(link.file_type().is_symlink());
+        assert_eq!(
+            std::fs::read(t.join("link")).expect("through the link"),
+            b"i"
+        );
+        // In the bucket a link is an object holding its target.
+        assert_eq!(
+            std::fs::read(root.join("link")).expect("object"),
+            b"private/inner"
+        );
+    })
+    .await
+    .expect("after remount");
 }

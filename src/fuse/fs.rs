@@ -4,40 +4,76 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    WriteFlags,
 };
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tracing::warn;
 
-/// Marker object that keeps an empty directory.
+use super::objects::{Objects, Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+use super::prefetch::{Budget, Prefetch};
+
+/// Marker object that keeps an empty directory and carries the directory's attributes.
 pub const DIR_MARKER: &str = ".s3files-dir";
 /// Uploads larger than this use multipart.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
+const PART_SIZE: usize = 8 << 20;
 const TTL: Duration = Duration::from_secs(1);
+/// Modes of files and directories whose objects carry no POSIX attributes.
+const DEFAULT_FILE_MODE: u32 = 0o644;
+const DEFAULT_DIR_MODE: u32 = 0o755;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Dir,
     File,
+    Symlink,
+}
+
+impl Kind {
+    fn of(posix: &Posix) -> Kind {
+        match posix.file_type() {
+            S_IFDIR => Kind::Dir,
+            S_IFLNK => Kind::Symlink,
+            _ => Kind::File,
+        }
+    }
+
+    fn file_type(self) -> FileType {
+        match self {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+            Kind::Symlink => FileType::Symlink,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 struct Node {
     /// Relative to the root: "" for the root, "a/b.txt".
     path: String,
-    kind: Kind,
     size: u64,
     mtime: SystemTime,
+    posix: Posix,
+    /// When this was read from the store (or written here).
+    seen: Instant,
+}
+
+impl Node {
+    fn kind(&self) -> Kind {
+        Kind::of(&self.posix)
+    }
 }
 
 struct Open {
@@ -45,6 +81,21 @@ struct Open {
     /// Local staging copy for writers; `None` for read-only handles.
     staging: Option<File>,
     dirty: bool,
+    /// Read-ahead state of a read-only handle.
+    prefetch: Option<Arc<Mutex<Prefetch>>>,
+}
+
+/// A directory's entries as `readdir` returns them: inode, type, name.
+type Listing = Arc<Vec<(u64, FileType, String)>>;
+
+/// What a `setattr` asks to change.
+struct Changes {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    mtime: Option<TimeOrNow>,
+    fh: Option<FileHandle>,
 }
 
 #[derive(Default)]
@@ -53,26 +104,39 @@ struct Tables {
     by_path: HashMap<String, u64>,
     next_ino: u64,
     handles: HashMap<u64, Open>,
+    /// Listings of open directories: a large directory is read in many `readdir` calls.
+    dirs: HashMap<u64, Listing>,
     next_fh: u64,
 }
 
-/// Who owns everything and how directories are created.
-#[derive(Clone, Copy, Debug)]
-pub struct Identity {
+/// A user as the file system checks permissions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
     pub uid: u32,
     pub gid: u32,
-    pub dir_mode: u16,
-    pub file_mode: u16,
+    pub groups: Vec<u32>,
+}
+
+/// Whose identity operations carry.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The access point's POSIX user: every operation acts as this user, whoever the caller
+    /// is, as S3 Files enforces. `None`: the caller's own ids count.
+    pub user: Option<User>,
+    /// Owner shown for objects that carry no POSIX attributes.
+    pub default_uid: u32,
+    pub default_gid: u32,
 }
 
 /// The file system.
 pub struct ObjectFs {
-    store: Arc<dyn ObjectStore>,
+    objects: Objects,
     /// Object key prefix of the root, without a trailing `/` ("" for the bucket root).
     root: String,
     identity: Identity,
     runtime: tokio::runtime::Handle,
     staging_dir: PathBuf,
+    budget: Budget,
     tables: Mutex<Tables>,
 }
 
@@ -84,35 +148,64 @@ fn errno_of(e: &object_store::Error) -> Errno {
     }
 }
 
+/// Whether `who` may access a file with attributes `p` for `want` (bits 4 read, 2 write,
+/// 1 execute/search), by the owner, group and other bits, as the kernel checks.
+fn permits(who: &User, p: &Posix, want: u32) -> bool {
+    if who.uid == 0 {
+        return want & 1 == 0 || p.file_type() == S_IFDIR || p.mode & 0o111 != 0;
+    }
+    let bits = if who.uid == p.uid {
+        p.mode >> 6
+    } else if who.gid == p.gid || who.groups.contains(&p.gid) {
+        p.mode >> 3
+    } else {
+        p.mode
+    } & 7;
+    bits & want == want
+}
+
+const R: u32 = 4;
+const W: u32 = 2;
+const X: u32 = 1;
+
 impl ObjectFs {
     pub fn new(
-        store: Arc<dyn ObjectStore>,
+        objects: Objects,
         root: &str,
         identity: Identity,
         runtime: tokio::runtime::Handle,
         staging_dir: PathBuf,
+        prefetch_budget_bytes: u64,
     ) -> Self {
         let mut tables = Tables {
             next_ino: 2,
             next_fh: 1,
             ..Default::default()
         };
+        let root_posix = Posix {
+            uid: identity.default_uid,
+            gid: identity.default_gid,
+            mode: S_IFDIR | DEFAULT_DIR_MODE,
+            mtime: None,
+        };
         tables.nodes.insert(
             1,
             Node {
                 path: String::new(),
-                kind: Kind::Dir,
                 size: 0,
                 mtime: SystemTime::now(),
+                posix: root_posix,
+                seen: Instant::now(),
             },
         );
         tables.by_path.insert(String::new(), 1);
         ObjectFs {
-            store,
+            objects,
             root: root.trim_matches('/').to_owned(),
             identity,
             runtime,
             staging_dir,
+            budget: Budget::new(prefetch_budget_bytes),
             tables: Mutex::new(tables),
         }
     }
@@ -129,9 +222,16 @@ impl ObjectFs {
         }
     }
 
+    fn marker_key(&self, path: &str) -> ObjectPath {
+        self.key(path).join(DIR_MARKER)
+    }
+
     fn child(parent: &str, name: &OsStr) -> Result<String, Errno> {
         let name = name.to_str().ok_or(Errno::EINVAL)?;
-        if name.is_empty() || name.contains('/') || name == DIR_MARKER || name.len() > 255 {
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if name.is_empty() || name.contains('/') || name == DIR_MARKER {
             return Err(Errno::EINVAL);
         }
         Ok(if parent.is_empty() {
@@ -141,24 +241,73 @@ impl ObjectFs {
         })
     }
 
-    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
-        let (kind, perm, nlink) = match node.kind {
-            Kind::Dir => (FileType::Directory, self.identity.dir_mode, 2),
-            Kind::File => (FileType::RegularFile, self.identity.file_mode, 1),
+    /// Who an operation acts as.
+    fn who(&self, req: &Request) -> User {
+        match &self.identity.user {
+            Some(user) => user.clone(),
+            None => User {
+                uid: req.uid(),
+                gid: req.gid(),
+                groups: caller_groups(req.pid()),
+            },
+        }
+    }
+
+    /// Attributes for something new `who` creates in `parent` with `mode` (type + bits).
+    fn new_posix(&self, who: &User, parent: &Node, mode: u32) -> Posix {
+        // A set-group-ID directory hands its group down, as on any POSIX file system.
+        let gid = if parent.posix.mode & 0o2000 != 0 {
+            parent.posix.gid
+        } else {
+            who.gid
         };
+        Posix {
+            uid: who.uid,
+            gid,
+            mode,
+            mtime: None,
+        }
+    }
+
+    fn default_posix(&self, type_bits: u32) -> Posix {
+        Posix {
+            uid: self.identity.default_uid,
+            gid: self.identity.default_gid,
+            mode: type_bits
+                | if type_bits == S_IFDIR {
+                    DEFAULT_DIR_MODE
+                } else {
+                    DEFAULT_FILE_MODE
+                },
+            mtime: None,
+        }
+    }
+
+    fn check(&self, who: &User, node: &Node, want: u32) -> Result<(), Errno> {
+        if permits(who, &node.posix, want) {
+            Ok(())
+        } else {
+            tracing::debug!(path = %node.path, ?who, posix = ?node.posix, want, "permission denied");
+            Err(Errno::EACCES)
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let nlink = if node.kind() == Kind::Dir { 2 } else { 1 };
+        let mtime = node.posix.mtime.unwrap_or(node.mtime);
         FileAttr {
             ino: INodeNo(ino),
             size: node.size,
             blocks: node.size.div_ceil(512),
-            atime: node.mtime,
-            mtime: node.mtime,
+            atime: mtime,
+            mtime,
             ctime: node.mtime,
             crtime: node.mtime,
-            kind,
-            perm,
+            kind: node.kind().file_type(),
+            perm: (node.posix.perm()) as u16,
             nlink,
-            uid: self.identity.uid,
-            gid: self.identity.gid,
+            uid: node.posix.uid,
+            gid: node.posix.gid,
             rdev: 0,
             flags: 0,
             blksize: 4096,
@@ -192,41 +341,79 @@ impl ObjectFs {
         self.tables().nodes.get(&ino).cloned().ok_or(Errno::ENOENT)
     }
 
-    /// Finds what is at `path` in the store: an object is a file, a non-empty prefix a directory.
+    /// The node, read again from the store if what is known is older than the attribute TTL
+    /// (another mount may have changed it). A file being written here is newest locally.
+    fn fresh_node(&self, ino: u64) -> Result<Node, Errno> {
+        let node = self.node(ino)?;
+        if node.seen.elapsed() < TTL || self.open_for_write(ino) {
+            return Ok(node);
+        }
+        let fresh = self.stat_path(&node.path)?;
+        self.update(ino, |n| *n = fresh.clone());
+        Ok(fresh)
+    }
+
+    fn update(&self, ino: u64, f: impl FnOnce(&mut Node)) {
+        if let Some(n) = self.tables().nodes.get_mut(&ino) {
+            f(n);
+        }
+    }
+
+    /// Finds what is at `path` in the store: an object is a file (or a symbolic link, by its
+    /// mode); a prefix with objects under it is a directory, whose marker (if any) carries its
+    /// attributes.
     fn stat_path(&self, path: &str) -> Result<Node, Errno> {
         let key = self.key(path);
         self.runtime.block_on(async {
-            match self.store.head(&key).await {
-                Ok(meta) => {
-                    return Ok(Node {
-                        path: path.to_owned(),
-                        kind: Kind::File,
-                        size: meta.size,
-                        mtime: meta.last_modified.into(),
-                    });
-                }
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    warn!(%key, error = %e, "head failed");
-                    return Err(errno_of(&e));
+            if !path.is_empty() || !self.root.is_empty() {
+                match self.objects.head(&key).await {
+                    Ok((meta, posix)) => {
+                        let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFREG));
+                        if posix.file_type() == S_IFDIR || posix.file_type() == 0 {
+                            // An object is never a directory here.
+                            posix.mode = S_IFREG | posix.perm();
+                        }
+                        return Ok(Node {
+                            path: path.to_owned(),
+                            size: meta.size,
+                            mtime: meta.last_modified.into(),
+                            posix,
+                            seen: Instant::now(),
+                        });
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        warn!(%key, error = %e, "head failed");
+                        return Err(errno_of(&e));
+                    }
                 }
             }
-            let mut listing = self.store.list(Some(&key));
+            let prefix = (!key.as_ref().is_empty()).then_some(&key);
+            let mut listing = self.objects.store().list(prefix);
             match listing.next().await {
-                Some(Ok(_)) => Ok(Node {
-                    path: path.to_owned(),
-                    kind: Kind::Dir,
-                    size: 0,
-                    mtime: SystemTime::now(),
-                }),
-                Some(Err(e)) => Err(errno_of(&e)),
-                None => Err(Errno::ENOENT),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(errno_of(&e)),
+                None if path.is_empty() => {}
+                None => return Err(Errno::ENOENT),
             }
+            let (mtime, posix) = match self.objects.head(&self.marker_key(path)).await {
+                Ok((meta, posix)) => (meta.last_modified.into(), posix),
+                Err(_) => (SystemTime::now(), None),
+            };
+            let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFDIR));
+            posix.mode = S_IFDIR | posix.perm();
+            Ok(Node {
+                path: path.to_owned(),
+                size: 0,
+                mtime,
+                posix,
+                seen: Instant::now(),
+            })
         })
     }
 
-    /// Uploads a staging file as the object at `path`.
-    fn upload(&self, path: &str, file: &mut File) -> Result<u64, Errno> {
+    /// Uploads `file` as the object at `path` with `posix`.
+    fn upload(&self, path: &str, file: &mut File, posix: Posix) -> Result<u64, Errno> {
         let key = self.key(path);
         let len = file.seek(SeekFrom::End(0)).map_err(|_| Errno::EIO)?;
         file.seek(SeekFrom::Start(0)).map_err(|_| Errno::EIO)?;
@@ -234,20 +421,20 @@ impl ObjectFs {
             if len <= MULTIPART_THRESHOLD {
                 let mut buf = Vec::with_capacity(len as usize);
                 file.read_to_end(&mut buf).map_err(|_| Errno::EIO)?;
-                self.store
-                    .put(&key, PutPayload::from(buf))
+                self.objects
+                    .put(&key, PutPayload::from(buf), posix)
                     .await
                     .map_err(|e| errno_of(&e))?;
             } else {
                 let upload = self
-                    .store
-                    .put_multipart(&key)
+                    .objects
+                    .put_multipart(&key, posix)
                     .await
                     .map_err(|e| errno_of(&e))?;
-                let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-                let mut chunk = vec![0u8; 8 << 20];
+                let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+                let mut chunk = vec![0u8; PART_SIZE];
                 loop {
-                    let n = file.read(&mut chunk).map_err(|_| Errno::EIO)?;
+                    let n = read_full(file, &mut chunk).map_err(|_| Errno::EIO)?;
                     if n == 0 {
                         break;
                     }
@@ -259,6 +446,7 @@ impl ObjectFs {
                     writer.write(&chunk[..n]);
                 }
                 writer.finish().await.map_err(|e| errno_of(&e))?;
+                self.objects.finished(&key, posix);
             }
             Ok(len)
         })
@@ -273,7 +461,12 @@ impl ObjectFs {
         let mut file = self.new_staging()?;
         let key = self.key(path);
         self.runtime.block_on(async {
-            let got = self.store.get(&key).await.map_err(|e| errno_of(&e))?;
+            let got = self
+                .objects
+                .store()
+                .get(&key)
+                .await
+                .map_err(|e| errno_of(&e))?;
             let mut stream = got.into_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| errno_of(&e))?;
@@ -300,11 +493,51 @@ impl ObjectFs {
             (open.ino, file)
         };
         let node = self.node(ino)?;
-        let size = self.upload(&node.path, &mut file)?;
-        if let Some(n) = self.tables().nodes.get_mut(&ino) {
+        let size = self.upload(&node.path, &mut file, node.posix)?;
+        self.update(ino, |n| {
             n.size = size;
             n.mtime = SystemTime::now();
+        });
+        Ok(())
+    }
+
+    /// Whether a handle open for writing holds `ino`'s newest bytes.
+    fn open_for_write(&self, ino: u64) -> bool {
+        self.tables()
+            .handles
+            .values()
+            .any(|h| h.ino == ino && h.staging.is_some())
+    }
+
+    /// Stores new attributes of `node` (at `ino`).
+    fn store_posix(&self, ino: u64, node: &Node, posix: Posix) -> Result<(), Errno> {
+        match node.kind() {
+            Kind::Dir => {
+                let key = self.marker_key(&node.path);
+                self.runtime
+                    .block_on(self.objects.put(&key, PutPayload::default(), posix))
+                    .map_err(|e| errno_of(&e))?;
+            }
+            // An open writer uploads them with the data on close.
+            Kind::File if self.open_for_write(ino) => {
+                let mut t = self.tables();
+                for h in t.handles.values_mut() {
+                    if h.ino == ino && h.staging.is_some() {
+                        h.dirty = true;
+                    }
+                }
+            }
+            Kind::File | Kind::Symlink => {
+                let key = self.key(&node.path);
+                if !self.objects.set_in_place(&key, posix) {
+                    // S3 keeps user metadata immutable: write the object again, as S3 Files
+                    // does (a chmod is a new object version).
+                    let mut file = self.stage_existing(&node.path)?;
+                    self.upload(&node.path, &mut file, posix)?;
+                }
+            }
         }
+        self.update(ino, |n| n.posix = posix);
         Ok(())
     }
 
@@ -317,15 +550,17 @@ impl ObjectFs {
         };
         let listing = self
             .runtime
-            .block_on(self.store.list_with_delimiter(prefix))
+            .block_on(self.objects.store().list_with_delimiter(prefix))
             .map_err(|e| errno_of(&e))?;
         let mut entries = Vec::new();
         for dir in listing.common_prefixes {
             // A local directory store keeps emptied directories on disk (after a rename, say);
-            // only a prefix with objects under it is a directory here.
-            let empty = self
-                .runtime
-                .block_on(async { self.store.list(Some(&dir)).next().await.is_none() });
+            // only a prefix with objects under it is a directory here. On S3 every common
+            // prefix has objects.
+            let empty = self.objects.attributes_in_place()
+                && self.runtime.block_on(async {
+                    self.objects.store().list(Some(&dir)).next().await.is_none()
+                });
             if let Some(name) = dir.filename()
                 && !empty
             {
@@ -341,23 +576,219 @@ impl ObjectFs {
         }
         Ok(entries)
     }
+
+    /// Parent node and the child's path, after checking `who` may change the parent.
+    fn writable_parent(
+        &self,
+        who: &User,
+        parent: INodeNo,
+        name: &OsStr,
+    ) -> Result<(Node, String), Errno> {
+        let parent = self.fresh_node(parent.0)?;
+        if parent.kind() != Kind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        self.check(who, &parent, W | X)?;
+        let path = Self::child(&parent.path, name)?;
+        Ok((parent, path))
+    }
+
+    fn exists(&self, path: &str) -> Result<bool, Errno> {
+        match self.stat_path(path) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn setattr_inner(&self, req: &Request, ino: u64, c: Changes) -> Result<FileAttr, Errno> {
+        let Changes {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            fh,
+        } = c;
+        let who = self.who(req);
+        let node = self.node(ino)?;
+        let owner = who.uid == 0 || who.uid == node.posix.uid;
+        if let Some(size) = size {
+            if node.kind() == Kind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            let handle_file = fh.and_then(|fh| {
+                let mut t = self.tables();
+                let open = t.handles.get_mut(&fh.0)?;
+                let file = open.staging.as_ref().and_then(|f| f.try_clone().ok())?;
+                open.dirty = true;
+                Some(file)
+            });
+            match handle_file {
+                Some(file) => file.set_len(size).map_err(|_| Errno::EIO)?,
+                None => {
+                    self.check(&who, &node, W)?;
+                    let mut file = if node.size == 0 {
+                        self.new_staging()?
+                    } else {
+                        self.stage_existing(&node.path)?
+                    };
+                    file.set_len(size).map_err(|_| Errno::EIO)?;
+                    let posix = Posix {
+                        mtime: None,
+                        ..node.posix
+                    };
+                    self.upload(&node.path, &mut file, posix)?;
+                }
+            }
+            self.update(ino, |n| {
+                n.size = size;
+                n.mtime = SystemTime::now();
+                n.posix.mtime = None;
+            });
+        }
+        let mut posix = self.node(ino)?.posix;
+        let before = posix;
+        if let Some(mode) = mode {
+            if !owner {
+                return Err(Errno::EPERM);
+            }
+            posix.mode = (posix.mode & S_IFMT) | (mode & 0o7777);
+        }
+        if let Some(uid) = uid
+            && uid != posix.uid
+        {
+            // Only root gives files away.
+            if who.uid != 0 {
+                return Err(Errno::EPERM);
+            }
+            posix.uid = uid;
+        }
+        if let Some(gid) = gid
+            && gid != posix.gid
+        {
+            let member = who.gid == gid || who.groups.contains(&gid);
+            if who.uid != 0 && !(owner && member) {
+                return Err(Errno::EPERM);
+            }
+            posix.gid = gid;
+        }
+        match mtime {
+            Some(TimeOrNow::SpecificTime(t)) => {
+                if !owner {
+                    return Err(Errno::EPERM);
+                }
+                posix.mtime = Some(t);
+            }
+            Some(TimeOrNow::Now) => {
+                if !owner && !permits(&who, &posix, W) {
+                    return Err(Errno::EACCES);
+                }
+                posix.mtime = Some(SystemTime::now());
+            }
+            None => {}
+        }
+        if posix != before {
+            let node = self.node(ino)?;
+            self.store_posix(ino, &node, posix)?;
+        }
+        let node = self.node(ino)?;
+        Ok(self.attr(ino, &node))
+    }
+
+    fn read_inner(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        // A writer reads its own staged bytes.
+        let (staged, prefetch) = {
+            let t = self.tables();
+            let open = t.handles.get(&fh).ok_or(Errno::EBADF)?;
+            (
+                open.staging.as_ref().and_then(|f| f.try_clone().ok()),
+                open.prefetch.clone(),
+            )
+        };
+        if let Some(file) = staged {
+            let mut buf = vec![0u8; size as usize];
+            let n = file.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
+            buf.truncate(n);
+            return Ok(buf);
+        }
+        let node = self.node(ino)?;
+        if offset >= node.size {
+            return Ok(Vec::new());
+        }
+        let end = (offset + u64::from(size)).min(node.size);
+        let key = self.key(&node.path);
+        match prefetch {
+            Some(prefetch) => {
+                let mut prefetch = prefetch.lock().unwrap_or_else(|p| p.into_inner());
+                self.runtime
+                    .block_on(prefetch.read(self.objects.store(), &key, offset..end, node.size))
+                    .map_err(|e| errno_of(&e))
+            }
+            None => self
+                .runtime
+                .block_on(self.objects.store().get_range(&key, offset..end))
+                .map(|b| b.to_vec())
+                .map_err(|e| errno_of(&e)),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Supplementary groups of the calling process (`/proc/<pid>/status`).
+fn caller_groups(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 impl Filesystem for ObjectFs {
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Fewer, larger requests: 1 MiB writes and reads when the kernel allows them.
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        // The root's own attributes (its creation permissions) live in its marker.
+        if let Ok(node) = self.stat_path("") {
+            self.tables().nodes.insert(1, node);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = (|| {
-            let parent = self.node(parent.0)?;
+            let parent = self.fresh_node(parent.0)?;
+            if parent.kind() != Kind::Dir {
+                return Err(Errno::ENOTDIR);
+            }
+            self.check(&self.who(req), &parent, X)?;
             let path = Self::child(&parent.path, name)?;
             // Files being written are known locally before they reach the store. (Each lock is
             // taken in its own statement: a guard living through an `if let` chain would be
             // held while `node` locks again.)
             let known = self.tables().by_path.get(&path).copied();
-            if let Some(ino) = known {
-                let open = self.tables().handles.values().any(|h| h.ino == ino);
-                if open {
-                    let node = self.node(ino)?;
-                    return Ok(self.attr(ino, &node));
-                }
+            if let Some(ino) = known
+                && self.open_for_write(ino)
+            {
+                let node = self.node(ino)?;
+                return Ok(self.attr(ino, &node));
             }
             let node = self.stat_path(&path)?;
             Ok(self.remember(node).1)
@@ -369,7 +800,9 @@ impl Filesystem for ObjectFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino.0) {
+        // The kernel asks again once its cached attributes expire: answer from the store, so
+        // changes made through other mounts (a chmod, a rewrite) show.
+        match self.fresh_node(ino.0) {
             Ok(node) => reply.attr(&TTL, &self.attr(ino.0, &node)),
             Err(e) => reply.error(e),
         }
@@ -377,14 +810,14 @@ impl Filesystem for ObjectFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -393,71 +826,66 @@ impl Filesystem for ObjectFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let changes = Changes {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            fh,
+        };
+        match self.setattr_inner(req, ino.0, changes) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = (|| {
             let node = self.node(ino.0)?;
-            if let Some(size) = size {
-                if node.kind == Kind::Dir {
-                    return Err(Errno::EISDIR);
-                }
-                let handle_file = fh.and_then(|fh| {
-                    let mut t = self.tables();
-                    let open = t.handles.get_mut(&fh.0)?;
-                    open.dirty = true;
-                    open.staging.as_ref().and_then(|f| f.try_clone().ok())
-                });
-                match handle_file {
-                    Some(file) => file.set_len(size).map_err(|_| Errno::EIO)?,
-                    None => {
-                        let mut file = if node.size == 0 {
-                            self.new_staging()?
-                        } else {
-                            self.stage_existing(&node.path)?
-                        };
-                        file.set_len(size).map_err(|_| Errno::EIO)?;
-                        self.upload(&node.path, &mut file)?;
-                    }
-                }
-                if let Some(n) = self.tables().nodes.get_mut(&ino.0) {
-                    n.size = size;
-                    n.mtime = SystemTime::now();
-                }
+            if node.kind() != Kind::Symlink {
+                return Err(Errno::EINVAL);
             }
-            // Ownership and mode come from the access point; chmod/chown are accepted and
-            // leave them unchanged.
-            let node = self.node(ino.0)?;
-            Ok(self.attr(ino.0, &node))
+            self.runtime
+                .block_on(self.objects.store().get(&self.key(&node.path)))
+                .map_err(|e| errno_of(&e))
+                .and_then(|got| self.runtime.block_on(got.bytes()).map_err(|e| errno_of(&e)))
         })();
         match result {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
         }
     }
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let result = (|| {
-            let parent = self.node(parent.0)?;
-            let path = Self::child(&parent.path, name)?;
-            if self.stat_path(&path).is_ok() {
+            let who = self.who(req);
+            let (parent, path) = self.writable_parent(&who, parent, name)?;
+            if self.exists(&path)? {
                 return Err(Errno::EEXIST);
             }
-            let marker = self.key(&format!("{path}/{DIR_MARKER}"));
+            let posix = self.new_posix(&who, &parent, S_IFDIR | (mode & !umask & 0o7777));
             self.runtime
-                .block_on(self.store.put(&marker, PutPayload::default()))
+                .block_on(
+                    self.objects
+                        .put(&self.marker_key(&path), PutPayload::default(), posix),
+                )
                 .map_err(|e| errno_of(&e))?;
             Ok(self
                 .remember(Node {
                     path,
-                    kind: Kind::Dir,
                     size: 0,
                     mtime: SystemTime::now(),
+                    posix,
+                    seen: Instant::now(),
                 })
                 .1)
         })();
@@ -467,16 +895,58 @@ impl Filesystem for ObjectFs {
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let result = (|| {
-            let parent = self.node(parent.0)?;
-            let path = Self::child(&parent.path, name)?;
+            let who = self.who(req);
+            let (parent, path) = self.writable_parent(&who, parent, link_name)?;
+            let target = target.as_os_str().as_bytes().to_vec();
+            // S3 Files' limit on a link's target.
+            if target.len() > 4080 {
+                return Err(Errno::ENAMETOOLONG);
+            }
+            if self.exists(&path)? {
+                return Err(Errno::EEXIST);
+            }
+            let posix = self.new_posix(&who, &parent, S_IFLNK | 0o777);
+            let size = target.len() as u64;
+            self.runtime
+                .block_on(
+                    self.objects
+                        .put(&self.key(&path), PutPayload::from(target), posix),
+                )
+                .map_err(|e| errno_of(&e))?;
+            Ok(self
+                .remember(Node {
+                    path,
+                    size,
+                    mtime: SystemTime::now(),
+                    posix,
+                    seen: Instant::now(),
+                })
+                .1)
+        })();
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = (|| {
+            let (_, path) = self.writable_parent(&self.who(req), parent, name)?;
             let node = self.stat_path(&path)?;
-            if node.kind == Kind::Dir {
+            if node.kind() == Kind::Dir {
                 return Err(Errno::EISDIR);
             }
             self.runtime
-                .block_on(self.store.delete(&self.key(&path)))
+                .block_on(self.objects.store().delete(&self.key(&path)))
                 .map_err(|e| errno_of(&e))?;
             self.forget_path(&path);
             Ok(())
@@ -484,21 +954,20 @@ impl Filesystem for ObjectFs {
         answer(reply, result);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = (|| {
-            let parent = self.node(parent.0)?;
-            let path = Self::child(&parent.path, name)?;
+            let (_, path) = self.writable_parent(&self.who(req), parent, name)?;
             let node = self.stat_path(&path)?;
-            if node.kind != Kind::Dir {
+            if node.kind() != Kind::Dir {
                 return Err(Errno::ENOTDIR);
             }
             if !self.list_dir(&path)?.is_empty() {
                 return Err(Errno::ENOTEMPTY);
             }
-            match self.runtime.block_on(
-                self.store
-                    .delete(&self.key(&format!("{path}/{DIR_MARKER}"))),
-            ) {
+            match self
+                .runtime
+                .block_on(self.objects.store().delete(&self.marker_key(&path)))
+            {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(errno_of(&e)),
             }
@@ -510,7 +979,7 @@ impl Filesystem for ObjectFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -519,22 +988,36 @@ impl Filesystem for ObjectFs {
         reply: ReplyEmpty,
     ) {
         let result = (|| {
-            let from = Self::child(&self.node(parent.0)?.path, name)?;
-            let to = Self::child(&self.node(newparent.0)?.path, newname)?;
+            let who = self.who(req);
+            let (_, from) = self.writable_parent(&who, parent, name)?;
+            let (_, to) = self.writable_parent(&who, newparent, newname)?;
+            if to.starts_with(&format!("{from}/")) {
+                return Err(Errno::EINVAL);
+            }
             let node = self.stat_path(&from)?;
-            let moves: Vec<(ObjectPath, ObjectPath)> = match node.kind {
-                Kind::File => vec![(self.key(&from), self.key(&to))],
-                Kind::Dir => {
+            let store = self.objects.store();
+            let moves: Vec<(ObjectPath, ObjectPath)> = match node.kind() {
+                Kind::File | Kind::Symlink => {
                     if let Ok(existing) = self.stat_path(&to)
-                        && existing.kind == Kind::Dir
-                        && !self.list_dir(&to)?.is_empty()
+                        && existing.kind() == Kind::Dir
                     {
-                        return Err(Errno::ENOTEMPTY);
+                        return Err(Errno::EISDIR);
+                    }
+                    vec![(self.key(&from), self.key(&to))]
+                }
+                Kind::Dir => {
+                    if let Ok(existing) = self.stat_path(&to) {
+                        if existing.kind() != Kind::Dir {
+                            return Err(Errno::ENOTDIR);
+                        }
+                        if !self.list_dir(&to)?.is_empty() {
+                            return Err(Errno::ENOTEMPTY);
+                        }
                     }
                     let base = self.key(&from);
                     let objects: Vec<_> = self
                         .runtime
-                        .block_on(self.store.list(Some(&base)).collect::<Vec<_>>());
+                        .block_on(store.list(Some(&base)).collect::<Vec<_>>());
                     let mut moves = Vec::new();
                     for obj in objects {
                         let obj = obj.map_err(|e| errno_of(&e))?;
@@ -554,24 +1037,17 @@ impl Filesystem for ObjectFs {
             };
             self.runtime.block_on(async {
                 for (src, dst) in &moves {
-                    self.store
-                        .rename(src, dst)
-                        .await
-                        .map_err(|e| errno_of(&e))?;
+                    store.rename(src, dst).await.map_err(|e| errno_of(&e))?;
                 }
                 Ok::<(), Errno>(())
             })?;
             // Paths below the old name are stale now.
             let mut t = self.tables();
+            let under = |p: &str, base: &str| p == base || p.starts_with(&format!("{base}/"));
             let stale: Vec<String> = t
                 .by_path
                 .keys()
-                .filter(|p| {
-                    **p == from
-                        || p.starts_with(&format!("{from}/"))
-                        || **p == to
-                        || p.starts_with(&format!("{to}/"))
-                })
+                .filter(|p| under(p, &from) || under(p, &to))
                 .cloned()
                 .collect();
             // Take every affected entry out first, then put the moved ones back: an entry
@@ -606,15 +1082,23 @@ impl Filesystem for ObjectFs {
         answer(reply, result);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let result = (|| {
-            let node = self.node(ino.0)?;
-            if node.kind == Kind::Dir {
-                return Err(Errno::EISDIR);
+            let node = self.fresh_node(ino.0)?;
+            match node.kind() {
+                Kind::Dir => return Err(Errno::EISDIR),
+                Kind::Symlink => return Err(Errno::ELOOP),
+                Kind::File => {}
             }
-            let access = flags.0 & libc_accmode();
-            let writing = access != 0;
+            let access = flags.0 & O_ACCMODE;
+            let writing = access != O_RDONLY;
             let truncate = flags.0 & O_TRUNC != 0;
+            let want = match access {
+                O_RDONLY => R,
+                O_WRONLY => W,
+                _ => R | W,
+            } | if truncate { W } else { 0 };
+            self.check(&self.who(req), &node, want)?;
             let staging = if writing {
                 Some(if truncate || node.size == 0 {
                     self.new_staging()?
@@ -624,6 +1108,7 @@ impl Filesystem for ObjectFs {
             } else {
                 None
             };
+            let prefetch = (!writing).then(|| Arc::new(Mutex::new(Prefetch::new(&self.budget))));
             let mut t = self.tables();
             let fh = t.next_fh;
             t.next_fh += 1;
@@ -633,6 +1118,7 @@ impl Filesystem for ObjectFs {
                     ino: ino.0,
                     staging,
                     dirty: truncate,
+                    prefetch,
                 },
             );
             Ok(fh)
@@ -645,23 +1131,25 @@ impl Filesystem for ObjectFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
         let result = (|| {
-            let parent = self.node(parent.0)?;
-            let path = Self::child(&parent.path, name)?;
+            let who = self.who(req);
+            let (parent, path) = self.writable_parent(&who, parent, name)?;
             let staging = self.new_staging()?;
+            let posix = self.new_posix(&who, &parent, S_IFREG | (mode & !umask & 0o7777));
             let (ino, attr) = self.remember(Node {
                 path,
-                kind: Kind::File,
                 size: 0,
                 mtime: SystemTime::now(),
+                posix,
+                seen: Instant::now(),
             });
             let mut t = self.tables();
             let fh = t.next_fh;
@@ -673,6 +1161,7 @@ impl Filesystem for ObjectFs {
                     ino,
                     staging: Some(staging),
                     dirty: true,
+                    prefetch: None,
                 },
             );
             Ok((attr, fh))
@@ -700,31 +1189,7 @@ impl Filesystem for ObjectFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let result = (|| {
-            // A writer reads its own staged bytes.
-            let staged = self
-                .tables()
-                .handles
-                .get(&fh.0)
-                .and_then(|h| h.staging.as_ref().and_then(|f| f.try_clone().ok()));
-            if let Some(file) = staged {
-                let mut buf = vec![0u8; size as usize];
-                let n = file.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            let node = self.node(ino.0)?;
-            if offset >= node.size {
-                return Ok(Vec::new());
-            }
-            let end = (offset + u64::from(size)).min(node.size);
-            let bytes = self
-                .runtime
-                .block_on(self.store.get_range(&self.key(&node.path), offset..end))
-                .map_err(|e| errno_of(&e))?;
-            Ok(bytes.to_vec())
-        })();
-        match result {
+        match self.read_inner(ino.0, fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
         }
@@ -754,11 +1219,11 @@ impl Filesystem for ObjectFs {
             };
             file.write_all_at(data, offset).map_err(|_| Errno::EIO)?;
             let end = offset + data.len() as u64;
-            if let Some(n) = self.tables().nodes.get_mut(&ino.0)
-                && end > n.size
-            {
-                n.size = end;
-            }
+            // New data: the upload's time is the modification time again.
+            self.update(ino.0, |n| {
+                n.size = n.size.max(end);
+                n.posix.mtime = None;
+            });
             Ok(data.len() as u32)
         })();
         match result {
@@ -804,17 +1269,43 @@ impl Filesystem for ObjectFs {
         answer(reply, result);
     }
 
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = (|| {
+            let node = self.fresh_node(ino.0)?;
+            if node.kind() != Kind::Dir {
+                return Err(Errno::ENOTDIR);
+            }
+            self.check(&self.who(req), &node, R)?;
+            let mut t = self.tables();
+            let fh = t.next_fh;
+            t.next_fh += 1;
+            Ok(fh)
+        })();
+        match result {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let result = (|| {
+            // The listing is taken once per open directory, on the first call; later calls
+            // (a large directory takes many) continue from it.
+            let cached = self.tables().dirs.get(&fh.0).cloned();
+            if let Some(entries) = cached
+                && offset > 0
+            {
+                return Ok(entries);
+            }
             let node = self.node(ino.0)?;
-            if node.kind != Kind::Dir {
+            if node.kind() != Kind::Dir {
                 return Err(Errno::ENOTDIR);
             }
             let mut entries = vec![
@@ -824,33 +1315,34 @@ impl Filesystem for ObjectFs {
             for (name, kind) in self.list_dir(&node.path)? {
                 let path = Self::child(&node.path, OsStr::new(&name))?;
                 let known = self.tables().by_path.get(&path).copied();
-                let child_ino = match known {
-                    // Keep what lookup learned (sizes); a listing carries no attributes.
-                    Some(ino) => ino,
+                let (child_ino, kind) = match known {
+                    // Keep what lookup learned; a listing carries no attributes.
+                    Some(ino) => (ino, self.node(ino).map(|n| n.kind()).unwrap_or(kind)),
                     None => {
-                        self.remember(Node {
-                            path,
-                            kind,
-                            size: 0,
-                            mtime: SystemTime::now(),
-                        })
-                        .0
+                        let type_bits = if kind == Kind::Dir { S_IFDIR } else { S_IFREG };
+                        let ino = self
+                            .remember(Node {
+                                path,
+                                size: 0,
+                                mtime: SystemTime::now(),
+                                posix: self.default_posix(type_bits),
+                                // Placeholder attributes: read them before trusting them.
+                                seen: Instant::now().checked_sub(TTL).unwrap_or_else(Instant::now),
+                            })
+                            .0;
+                        (ino, kind)
                     }
                 };
-                let ft = if kind == Kind::Dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
-                entries.push((child_ino, ft, name));
+                entries.push((child_ino, kind.file_type(), name));
             }
+            let entries = Arc::new(entries);
+            self.tables().dirs.insert(fh.0, entries.clone());
             Ok(entries)
         })();
         match result {
             Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
-                {
-                    if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
                         break;
                     }
                 }
@@ -858,6 +1350,26 @@ impl Filesystem for ObjectFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.tables().dirs.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let result = self.fresh_node(ino.0).and_then(|node| {
+            let want = (mask.bits() & 7) as u32;
+            self.check(&self.who(req), &node, want)
+        });
+        answer(reply, result);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -875,8 +1387,47 @@ fn answer(reply: ReplyEmpty, result: Result<(), Errno>) {
     }
 }
 
+const O_ACCMODE: i32 = 0o3;
+const O_RDONLY: i32 = 0;
+const O_WRONLY: i32 = 1;
 const O_TRUNC: i32 = 0o1000;
 
-fn libc_accmode() -> i32 {
-    0o3
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posix(uid: u32, gid: u32, mode: u32) -> Posix {
+        Posix {
+            uid,
+            gid,
+            mode,
+            mtime: None,
+        }
+    }
+
+    #[test]
+    fn permissions_follow_owner_group_other() {
+        let alice = User {
+            uid: 1000,
+            gid: 1000,
+            groups: vec![50],
+        };
+        let file = posix(1000, 1000, S_IFREG | 0o640);
+        assert!(permits(&alice, &file, R | W));
+        assert!(!permits(&alice, &file, X));
+        let shared = posix(2000, 50, S_IFREG | 0o640);
+        assert!(permits(&alice, &shared, R), "supplementary group");
+        assert!(!permits(&alice, &shared, W));
+        let other = posix(2000, 2000, S_IFDIR | 0o755);
+        assert!(permits(&alice, &other, R | X));
+        assert!(!permits(&alice, &other, W));
+        let root = User {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+        };
+        assert!(permits(&root, &posix(5, 5, S_IFREG), R | W));
+        assert!(!permits(&root, &posix(5, 5, S_IFREG | 0o644), X));
+        assert!(permits(&root, &posix(5, 5, S_IFDIR), X));
+    }
 }

@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::fs::{DIR_MARKER, Identity, ObjectFs};
+use super::fs::{DIR_MARKER, Identity, ObjectFs, User};
+use super::objects::{Objects, Posix, S_IFDIR};
+
+/// Read-ahead memory per mount.
+const PREFETCH_BUDGET: u64 = 256 << 20;
+const FUSE_THREADS: usize = 8;
 use crate::cloud::aws::{AwsS3Files, ClientOptions};
 use crate::cloud::{LifeCycle, S3Files};
 use crate::data::{DataLocation, ObjectData, bucket_name};
@@ -117,7 +122,9 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
     if fs.status != LifeCycle::Available {
         bail!("file system {} is {}, not available", fs.id, fs.status);
     }
-    let (root_path, identity) = match &request.access_point {
+    // With an access point, its POSIX user is who every operation acts as, and its creation
+    // permissions shape the root directory; without one, callers act as themselves.
+    let (root_path, user, creation) = match &request.access_point {
         Some(ap_id) => {
             let ap = cloud
                 .get_access_point(ap_id)
@@ -133,29 +140,25 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
             if ap.status != LifeCycle::Available {
                 bail!("access point {ap_id} is {}, not available", ap.status);
             }
-            let user = ap.posix_user.clone();
-            let dir_mode = ap
-                .creation_permissions
-                .as_ref()
-                .and_then(|c| u16::from_str_radix(&c.permissions, 8).ok())
-                .unwrap_or(0o755);
-            let identity = Identity {
-                uid: user.as_ref().map(|u| u.uid).unwrap_or(0),
-                gid: user.as_ref().map(|u| u.gid).unwrap_or(0),
-                dir_mode: dir_mode & 0o7777,
-                file_mode: 0o644,
-            };
-            (ap.root_path.unwrap_or_else(|| "/".into()), identity)
+            let user = ap.posix_user.as_ref().map(|u| User {
+                uid: u.uid,
+                gid: u.gid,
+                groups: u.secondary_gids.clone(),
+            });
+            let creation = ap.creation_permissions.as_ref().map(|c| Posix {
+                uid: c.owner_uid,
+                gid: c.owner_gid,
+                mode: S_IFDIR | u32::from_str_radix(&c.permissions, 8).unwrap_or(0o755) & 0o7777,
+                mtime: None,
+            });
+            (ap.root_path.unwrap_or_else(|| "/".into()), user, creation)
         }
-        None => (
-            "/".to_owned(),
-            Identity {
-                uid: 0,
-                gid: 0,
-                dir_mode: 0o755,
-                file_mode: 0o644,
-            },
-        ),
+        None => ("/".to_owned(), None, None),
+    };
+    let identity = Identity {
+        default_uid: user.as_ref().map(|u| u.uid).unwrap_or(0),
+        default_gid: user.as_ref().map(|u| u.gid).unwrap_or(0),
+        user,
     };
     let location = match (storage, endpoint) {
         (Some(spec), _) => DataLocation::parse(&spec).map_err(anyhow::Error::msg)?,
@@ -163,7 +166,8 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
         (None, None) => DataLocation::S3 { endpoint: None },
     };
     let data = ObjectData::new(location);
-    let store = data.store(bucket_name(&fs.bucket)?)?;
+    let bucket = bucket_name(&fs.bucket)?;
+    let objects = Objects::new(data.store(bucket)?, data.local_dir(bucket))?;
     let mut root = format!("{}{}", fs.prefix, root_path.trim_start_matches('/'));
     if let Some(sub) = &request.subpath {
         root = format!(
@@ -173,17 +177,24 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
         );
     }
     let root = root.trim_matches('/').to_owned();
-    // The access point's root directory is created on first use, as S3 Files does.
+    // The access point's root directory is created on first use with its creation
+    // permissions, as S3 Files does.
     if !root.is_empty() {
-        use object_store::ObjectStoreExt;
-        let base = object_store::path::Path::from(root.as_str());
-        let mut listing = store.list(Some(&base));
         use futures_util::StreamExt;
+        let base = object_store::path::Path::from(root.as_str());
+        let mut listing = objects.store().list(Some(&base));
         if listing.next().await.is_none() {
-            store
+            let posix = creation.unwrap_or(Posix {
+                uid: identity.default_uid,
+                gid: identity.default_gid,
+                mode: S_IFDIR | 0o755,
+                mtime: None,
+            });
+            objects
                 .put(
                     &base.clone().join(DIR_MARKER),
                     object_store::PutPayload::default(),
+                    posix,
                 )
                 .await
                 .context("creating the root directory")?;
@@ -191,11 +202,12 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
     }
     let staging = tempfile::tempdir().context("staging directory")?;
     let filesystem = ObjectFs::new(
-        store,
+        objects,
         &root,
         identity,
         tokio::runtime::Handle::current(),
         staging.path().to_owned(),
+        PREFETCH_BUDGET,
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -208,6 +220,9 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
         },
     ];
     config.acl = fuser::SessionACL::All;
+    // Requests block on the network: several threads keep one slow request from stalling the
+    // others (the file system's tables are shared behind locks).
+    config.n_threads = Some(FUSE_THREADS);
     let target = request.target.clone();
     tracing::info!(target = %target.display(), %root, "serving");
     tokio::task::spawn_blocking(move || fuser::mount(filesystem, &target, &config))

@@ -1,0 +1,287 @@
+//! Objects with their POSIX attributes.
+//!
+//! A file's owner, group, mode (with the file type bits) and modification time travel with its
+//! object as user metadata, under the keys s3fs uses (`uid`, `gid`, `mode` as a decimal
+//! `st_mode`, `mtime` in seconds), so the same bucket shows the same owners through either tool.
+//! On S3 that is `x-amz-meta-*`. `object_store`'s local directory store refuses attributes, so
+//! for local buckets the same keys are kept as extended attributes of the object's file
+//! (`user.s3meta.<key>`); a hard-link copy (its rename) keeps them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, AttributeValue, Attributes, GetOptions, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+};
+
+/// File type bits of `st_mode`.
+pub const S_IFMT: u32 = 0o170_000;
+pub const S_IFDIR: u32 = 0o040_000;
+pub const S_IFREG: u32 = 0o100_000;
+pub const S_IFLNK: u32 = 0o120_000;
+
+const XATTR_PREFIX: &str = "user.s3meta.";
+
+/// POSIX attributes of one file, directory or symbolic link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Posix {
+    pub uid: u32,
+    pub gid: u32,
+    /// Full `st_mode`: type bits and permission bits.
+    pub mode: u32,
+    /// Set by `touch -d` and friends; otherwise the object's last-modified time counts.
+    pub mtime: Option<SystemTime>,
+}
+
+impl Posix {
+    pub fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+
+    pub fn perm(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    /// As object metadata.
+    pub fn to_metadata(self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert("uid".into(), self.uid.to_string());
+        m.insert("gid".into(), self.gid.to_string());
+        m.insert("mode".into(), self.mode.to_string());
+        if let Some(t) = self.mtime {
+            let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            m.insert("mtime".into(), secs.to_string());
+        }
+        m
+    }
+
+    /// From object metadata; `None` when the object carries no complete POSIX attributes
+    /// (written by something else), so the caller's defaults apply.
+    pub fn from_metadata(m: &BTreeMap<String, String>) -> Option<Posix> {
+        let uid = m.get("uid")?.trim().parse().ok()?;
+        let gid = m.get("gid")?.trim().parse().ok()?;
+        let mode: u32 = m.get("mode")?.trim().parse().ok()?;
+        // s3fs writes whole seconds; accept fractions too.
+        let mtime = m
+            .get("mtime")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s));
+        Some(Posix {
+            uid,
+            gid,
+            mode,
+            mtime,
+        })
+    }
+}
+
+fn attributes_of(metadata: &BTreeMap<String, String>) -> Attributes {
+    metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                Attribute::Metadata(k.clone().into()),
+                AttributeValue::from(v.clone()),
+            )
+        })
+        .collect()
+}
+
+/// An object store plus the POSIX attributes of its objects.
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// Set when the bucket is a local directory: attributes go to extended attributes.
+    local: Option<LocalFileSystem>,
+}
+
+impl Objects {
+    /// `local_dir` is the bucket's directory when `store` is a local directory store.
+    pub fn new(store: Arc<dyn ObjectStore>, local_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let local = match local_dir {
+            Some(dir) => Some(LocalFileSystem::new_with_prefix(dir)?),
+            None => None,
+        };
+        Ok(Objects { store, local })
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Whether attributes can change without rewriting the object.
+    pub fn attributes_in_place(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// The object's size, time and POSIX attributes (if it has them).
+    pub async fn head(
+        &self,
+        key: &ObjectPath,
+    ) -> object_store::Result<(ObjectMeta, Option<Posix>)> {
+        if let Some(local) = &self.local {
+            let meta = self.store.head(key).await?;
+            let posix = Posix::from_metadata(&read_xattrs(local, key));
+            return Ok((meta, posix));
+        }
+        let got = self
+            .store
+            .get_opts(key, GetOptions::default().with_head(true))
+            .await?;
+        let mut metadata = BTreeMap::new();
+        for (k, v) in got.attributes.iter() {
+            if let Attribute::Metadata(name) = k {
+                metadata.insert(name.to_string(), v.to_string());
+            }
+        }
+        Ok((got.meta, Posix::from_metadata(&metadata)))
+    }
+
+    /// Writes a whole object with its attributes.
+    pub async fn put(
+        &self,
+        key: &ObjectPath,
+        payload: PutPayload,
+        posix: Posix,
+    ) -> object_store::Result<()> {
+        if let Some(local) = &self.local {
+            self.store
+                .put_opts(key, payload, PutOptions::default())
+                .await?;
+            write_xattrs(local, key, &posix.to_metadata());
+            return Ok(());
+        }
+        let opts = PutOptions {
+            attributes: attributes_of(&posix.to_metadata()),
+            ..Default::default()
+        };
+        self.store.put_opts(key, payload, opts).await.map(|_| ())
+    }
+
+    /// Starts a multipart upload that carries `posix`; call [`Objects::finished`] after it
+    /// completes.
+    pub async fn put_multipart(
+        &self,
+        key: &ObjectPath,
+        posix: Posix,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let opts = if self.local.is_some() {
+            PutMultipartOptions::default()
+        } else {
+            PutMultipartOptions {
+                attributes: attributes_of(&posix.to_metadata()),
+                ..Default::default()
+            }
+        };
+        self.store.put_multipart_opts(key, opts).await
+    }
+
+    /// Completes what a multipart upload could not carry (local attributes).
+    pub fn finished(&self, key: &ObjectPath, posix: Posix) {
+        if let Some(local) = &self.local {
+            write_xattrs(local, key, &posix.to_metadata());
+        }
+    }
+
+    /// Changes the attributes of a local object in place. Returns `false` for S3, where the
+    /// caller must rewrite the object (as S3 Files does: a chmod is a new object version).
+    pub fn set_in_place(&self, key: &ObjectPath, posix: Posix) -> bool {
+        match &self.local {
+            Some(local) => {
+                write_xattrs(local, key, &posix.to_metadata());
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn read_xattrs(local: &LocalFileSystem, key: &ObjectPath) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(path) = local.path_to_filesystem(key) else {
+        return out;
+    };
+    let Ok(names) = xattr::list(&path) else {
+        return out;
+    };
+    for name in names {
+        let Some(key) = name.to_str().and_then(|n| n.strip_prefix(XATTR_PREFIX)) else {
+            continue;
+        };
+        if let Ok(Some(value)) = xattr::get(&path, &name)
+            && let Ok(value) = String::from_utf8(value)
+        {
+            out.insert(key.to_owned(), value);
+        }
+    }
+    out
+}
+
+fn write_xattrs(local: &LocalFileSystem, key: &ObjectPath, metadata: &BTreeMap<String, String>) {
+    let Ok(path) = local.path_to_filesystem(key) else {
+        return;
+    };
+    for (k, v) in metadata {
+        if let Err(e) = xattr::set(&path, format!("{XATTR_PREFIX}{k}"), v.as_bytes()) {
+            // A file system without user xattrs: files keep default owners and modes.
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep POSIX attributes");
+            return;
+        }
+    }
+    if !metadata.contains_key("mtime") {
+        let _ = xattr::remove(&path, format!("{XATTR_PREFIX}mtime"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips_in_s3fs_form() {
+        let p = Posix {
+            uid: 1000,
+            gid: 2000,
+            mode: S_IFREG | 0o640,
+            mtime: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        };
+        let m = p.to_metadata();
+        assert_eq!(m["mode"], "33184", "decimal st_mode, as s3fs writes it");
+        assert_eq!(m["mtime"], "1700000000");
+        assert_eq!(Posix::from_metadata(&m), Some(p));
+        let mut partial = m.clone();
+        partial.remove("gid");
+        assert_eq!(Posix::from_metadata(&partial), None);
+        let mut fractional = m;
+        fractional.insert("mtime".into(), "1700000000.5".into());
+        assert!(Posix::from_metadata(&fractional).is_some());
+    }
+
+    #[tokio::test]
+    async fn local_objects_keep_attributes_across_renames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("store"));
+        let objects = Objects::new(store.clone(), Some(dir.path().to_owned())).expect("objects");
+        let key = ObjectPath::from("a/b.txt");
+        let posix = Posix {
+            uid: 7,
+            gid: 8,
+            mode: S_IFREG | 0o600,
+            mtime: None,
+        };
+        objects
+            .put(&key, PutPayload::from_static(b"x"), posix)
+            .await
+            .expect("put");
+        assert_eq!(objects.head(&key).await.expect("head").1, Some(posix));
+        let moved = ObjectPath::from("c/d.txt");
+        store.rename(&key, &moved).await.expect("rename");
+        assert_eq!(objects.head(&moved).await.expect("head").1, Some(posix));
+    }
+}
