@@ -1,21 +1,116 @@
 //! The local data plane as pods meet it: `s3files-csi mount` (the mount.s3files-compatible
-//! helper) serving an access point of an emulated file system over real FUSE, with the bucket
-//! in a local directory.
+//! helper) serving an access point of an emulated file system over real FUSE. Every scenario
+//! runs twice: with buckets in a local directory (the embedded default) and in a real
+//! S3-compatible server on loopback (`moto_server`).
 
 mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use common::BIN;
 use common::emulator::{ROLE, RunningEmulator, test_config};
+use common::s3server::S3Server;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use s3files_csi::cloud::{CreationPermissions, NewAccessPoint, NewFileSystem, PosixUser, S3Files};
+use s3files_csi::emulator::BucketStore;
 use s3files_csi::mount::mountinfo;
+
+const BUCKET: &str = "fuse-bucket";
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Local,
+    Moto,
+}
+
+/// The bucket as other S3 clients see it, for blocking test code.
+#[derive(Clone)]
+struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Bucket {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let key = ObjectPath::from(key);
+        self.runtime.block_on(async {
+            match self.store.get(&key).await {
+                Ok(got) => Some(got.bytes().await.expect("object body").to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("get {key}: {e}"),
+            }
+        })
+    }
+
+    fn put(&self, key: &str, body: &[u8]) {
+        let key = ObjectPath::from(key);
+        self.runtime
+            .block_on(self.store.put(&key, body.to_vec().into()))
+            .expect("put");
+    }
+}
+
+/// An emulator whose buckets live in a local directory or in moto, with one file system
+/// (bucket `fuse-bucket`, prefix `k8s/`) and one access point (uid 1234, root `/vol-a`).
+struct World {
+    emu: RunningEmulator,
+    _s3: Option<S3Server>,
+    bucket: Bucket,
+    fs: String,
+    ap: String,
+}
+
+impl World {
+    async fn start(backend: Backend) -> World {
+        let mut config = test_config();
+        let s3 = match backend {
+            Backend::Local => None,
+            Backend::Moto => {
+                let server = S3Server::start().await;
+                server.create_bucket(BUCKET).await;
+                config.buckets = BucketStore::S3 {
+                    endpoint: server.url.clone(),
+                };
+                Some(server)
+            }
+        };
+        let emu = RunningEmulator::start(config).await;
+        let store: Arc<dyn ObjectStore> = match &s3 {
+            Some(server) => server.store(BUCKET),
+            None => {
+                let dir = emu.buckets.path().join(BUCKET);
+                std::fs::create_dir_all(&dir).expect("bucket dir");
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local"))
+            }
+        };
+        let (fs, ap) = setup(&emu).await;
+        World {
+            emu,
+            _s3: s3,
+            bucket: Bucket {
+                store,
+                runtime: tokio::runtime::Handle::current(),
+            },
+            fs,
+            ap,
+        }
+    }
+
+    async fn mount(&self, extra: &str) -> Mounted {
+        self.mount_ap(&self.ap.clone(), extra).await
+    }
+
+    async fn mount_ap(&self, ap: &str, extra: &str) -> Mounted {
+        mount(&self.emu, &self.fs, ap, extra).await
+    }
+}
 
 struct Mounted {
     target: PathBuf,
-    bucket_root: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -65,18 +160,14 @@ async fn mount(emu: &RunningEmulator, fs: &str, ap: &str, extra: &str) -> Mounte
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(is_mounted(&target));
-    Mounted {
-        target,
-        bucket_root: emu.buckets.path().join("fuse-bucket").join("k8s"),
-        _dir: dir,
-    }
+    Mounted { target, _dir: dir }
 }
 
 async fn setup(emu: &RunningEmulator) -> (String, String) {
     let cloud = emu.cloud();
     let fs = cloud
         .create_file_system(&NewFileSystem {
-            bucket_arn: "arn:aws:s3:::fuse-bucket".into(),
+            bucket_arn: format!("arn:aws:s3:::{BUCKET}"),
             prefix: Some("k8s/".into()),
             role_arn: ROLE.into(),
             client_token: None,
@@ -106,13 +197,11 @@ async fn setup(emu: &RunningEmulator) -> (String, String) {
     (fs.id, ap.id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn files_written_through_the_mount_are_objects_in_the_bucket() {
-    let emu = RunningEmulator::start(test_config()).await;
-    let (fs, ap) = setup(&emu).await;
-    let m = mount(&emu, &fs, &ap, "").await;
+async fn files_written_through_the_mount_are_objects_in_the_bucket(backend: Backend) {
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
     let t = m.target.clone();
-    let root = m.bucket_root.join("vol-a");
+    let bucket = w.bucket.clone();
     tokio::task::spawn_blocking(move || {
         // The root is the access point's directory, owned by its POSIX user.
         let meta = std::fs::metadata(&t).expect("stat root");
@@ -124,8 +213,8 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket() {
 
         std::fs::write(t.join("hello.txt"), b"hello, s3files").expect("create");
         assert_eq!(
-            std::fs::read(root.join("hello.txt")).expect("object"),
-            b"hello, s3files"
+            bucket.get("k8s/vol-a/hello.txt").as_deref(),
+            Some(&b"hello, s3files"[..])
         );
 
         // Overwrite in place, append, truncate.
@@ -153,8 +242,8 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket() {
             .set_len(5)
             .expect("truncate");
         assert_eq!(
-            std::fs::read(root.join("hello.txt")).expect("object"),
-            b"HELLO"
+            bucket.get("k8s/vol-a/hello.txt").as_deref(),
+            Some(&b"HELLO"[..])
         );
 
         // Directories, rename of files and directories, unlink, rmdir.
@@ -162,7 +251,8 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket() {
         std::fs::write(t.join("a/b/c.txt"), b"c").expect("write");
         std::fs::rename(t.join("a"), t.join("z")).expect("rename dir");
         assert_eq!(std::fs::read(t.join("z/b/c.txt")).expect("moved"), b"c");
-        assert!(root.join("z/b/c.txt").is_file() && !root.join("a/b/c.txt").exists());
+        assert!(bucket.get("k8s/vol-a/z/b/c.txt").is_some());
+        assert!(bucket.get("k8s/vol-a/a/b/c.txt").is_none());
         std::fs::rename(t.join("z/b/c.txt"), t.join("c2.txt")).expect("rename file");
         std::fs::remove_file(t.join("c2.txt")).expect("unlink");
         assert_eq!(
@@ -180,7 +270,7 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket() {
         assert_eq!(names, ["hello.txt"]);
 
         // Objects written to the bucket by others appear in the mount.
-        std::fs::write(root.join("from-s3.txt"), b"written by someone else").expect("put");
+        bucket.put("k8s/vol-a/from-s3.txt", b"written by someone else");
         assert_eq!(
             std::fs::read(t.join("from-s3.txt")).expect("visible"),
             b"written by someone else"
@@ -190,11 +280,9 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket() {
     .expect("file operations");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_files_and_large_directories_round_trip_and_survive_a_remount() {
-    let emu = RunningEmulator::start(test_config()).await;
-    let (fs, ap) = setup(&emu).await;
-    let m = mount(&emu, &fs, &ap, "").await;
+async fn large_files_and_large_directories_round_trip_and_survive_a_remount(backend: Backend) {
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
     let t = m.target.clone();
     // 40 MiB: above the multipart threshold, streamed through a staging file.
     let data: Vec<u8> = (0..40u32 << 20)
@@ -210,7 +298,7 @@ async fn large_files_and_large_directories_round_trip_and_survive_a_remount() {
     .await
     .expect("writes");
     drop(m);
-    let m = mount(&emu, &fs, &ap, ",ro").await;
+    let m = w.mount(",ro").await;
     let t = m.target.clone();
     tokio::task::spawn_blocking(move || {
         let mut f = std::fs::File::open(t.join("big.bin")).expect("open");
@@ -230,12 +318,10 @@ async fn large_files_and_large_directories_round_trip_and_survive_a_remount() {
     .expect("reads");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_mounts_of_one_volume_see_each_others_writes_after_close() {
-    let emu = RunningEmulator::start(test_config()).await;
-    let (fs, ap) = setup(&emu).await;
-    let a = mount(&emu, &fs, &ap, "").await;
-    let b = mount(&emu, &fs, &ap, "").await;
+async fn two_mounts_of_one_volume_see_each_others_writes_after_close(backend: Backend) {
+    let w = World::start(backend).await;
+    let a = w.mount("").await;
+    let b = w.mount("").await;
     let (ta, tb) = (a.target.clone(), b.target.clone());
     tokio::task::spawn_blocking(move || {
         std::fs::write(ta.join("shared.txt"), b"from a").expect("write a");
@@ -250,11 +336,9 @@ async fn two_mounts_of_one_volume_see_each_others_writes_after_close() {
     .expect("shared");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renaming_onto_an_existing_file_replaces_it() {
-    let emu = RunningEmulator::start(test_config()).await;
-    let (fs, ap) = setup(&emu).await;
-    let m = mount(&emu, &fs, &ap, "").await;
+async fn renaming_onto_an_existing_file_replaces_it(backend: Backend) {
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
     let t = m.target.clone();
     tokio::task::spawn_blocking(move || {
         std::fs::write(t.join("old"), b"old").expect("write");
@@ -288,14 +372,14 @@ async fn second_user(emu: &RunningEmulator, fs: &str, uid: u32) -> String {
         .id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user() {
+async fn ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user(
+    backend: Backend,
+) {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-    let emu = RunningEmulator::start(test_config()).await;
-    let (fs, ap) = setup(&emu).await;
-    let other_ap = second_user(&emu, &fs, 999).await;
-    let m = mount(&emu, &fs, &ap, "").await;
-    let other = mount(&emu, &fs, &other_ap, "").await;
+    let w = World::start(backend).await;
+    let other_ap = second_user(&w.emu, &w.fs, 999).await;
+    let m = w.mount("").await;
+    let other = w.mount_ap(&other_ap, "").await;
     let (t, o) = (m.target.clone(), other.target.clone());
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
     let result = tokio::task::spawn_blocking(move || {
@@ -387,9 +471,9 @@ async fn ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_
     drop(m);
     drop(other);
     // Everything survives a remount: it lives in the bucket.
-    let m = mount(&emu, &fs, &ap, "").await;
+    let m = w.mount("").await;
     let t = m.target.clone();
-    let root = m.bucket_root.join("vol-a");
+    let bucket = w.bucket.clone();
     tokio::task::spawn_blocking(move || {
         let meta = std::fs::metadata(t.join("secret")).expect("stat");
         assert_eq!(
@@ -408,10 +492,40 @@ async fn ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_
         );
         // In the bucket a link is an object holding its target.
         assert_eq!(
-            std::fs::read(root.join("link")).expect("object"),
-            b"private/inner"
+            bucket.get("k8s/vol-a/link").as_deref(),
+            Some(&b"private/inner"[..])
         );
     })
     .await
     .expect("after remount");
 }
+
+/// Each scenario against a local bucket directory and against moto.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Local).await
+                }
+            )*
+        }
+        mod moto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Backend::Moto).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    files_written_through_the_mount_are_objects_in_the_bucket,
+    large_files_and_large_directories_round_trip_and_survive_a_remount,
+    two_mounts_of_one_volume_see_each_others_writes_after_close,
+    renaming_onto_an_existing_file_replaces_it,
+    ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user
+);

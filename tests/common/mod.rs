@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod s3server;
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,0 +1,76 @@
+//! A real S3-compatible server on loopback for the data-plane tests: `moto_server` from PyPI
+//! (installed by `.ci/install-deps`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+
+pub const ACCESS_KEY: &str = "AKIDEMULATOR";
+pub const SECRET_KEY: &str = "secret";
+
+pub struct S3Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub url: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    /// Starts `moto_server` on a free loopback port and waits until it answers.
+    pub async fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; .ci/install-deps does it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let server = S3Server {
+            child,
+            addr,
+            url: format!("http://{addr}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        server
+    }
+
+    /// Creates `bucket` (moto does not check signatures, so a bare PUT does).
+    pub async fn create_bucket(&self, bucket: &str) {
+        let (status, body) =
+            super::emulator::http_request(self.addr, "PUT", &format!("/{bucket}"), "").await;
+        assert_eq!(status, 200, "create bucket {bucket}: {body}");
+    }
+
+    /// An object store client for `bucket`.
+    pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&self.url)
+                .with_allow_http(true)
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY)
+                .build()
+                .expect("s3 client"),
+        )
+    }
+}
