@@ -554,13 +554,12 @@ impl ObjectFs {
             .map_err(|e| errno_of(&e))?;
         let mut entries = Vec::new();
         for dir in listing.common_prefixes {
-            // A local directory store keeps emptied directories on disk (after a rename, say);
-            // only a prefix with objects under it is a directory here. On S3 every common
-            // prefix has objects.
-            let empty = self.objects.attributes_in_place()
-                && self.runtime.block_on(async {
-                    self.objects.store().list(Some(&dir)).next().await.is_none()
-                });
+            // Only a prefix with live objects under it is a directory here. A local directory
+            // store keeps emptied directories on disk (after a rename, say), and some S3
+            // servers (moto, versioned buckets) report prefixes that hold only delete markers.
+            let empty = self
+                .runtime
+                .block_on(async { self.objects.store().list(Some(&dir)).next().await.is_none() });
             if let Some(name) = dir.filename()
                 && !empty
             {

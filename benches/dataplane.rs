@@ -1,0 +1,693 @@
+//! Data-plane benchmark: our FUSE mount (`s3files-csi mount`), `s3fs` and `rclone mount` side by
+//! side against one S3-compatible server, with raw GETs/PUTs (`object_store`, same parallelism)
+//! as the ceiling. Every figure is printed with its ratios to the best peer and to raw, all
+//! measured in the same run.
+//!
+//! ```text
+//! apt-get install -y s3fs rclone fuse3        # the peers (a missing peer is reported and skipped)
+//! cargo bench --bench dataplane -- [--size-mib 1024] [--small 2000] [--entries 10000]
+//!                                  [--s3-url http://HOST:PORT] [--tools s3files-csi,s3fs,rclone]
+//! ```
+//!
+//! Without `--s3-url` it starts `moto_server` on loopback. Needs root and /dev/fuse.
+//!
+//! Rows: sequential write of one file (timed until the object is complete in the bucket),
+//! sequential read of it (fresh mount, page cache dropped), creating N small files (4 KiB, one
+//! process, one at a time, until all are in the bucket), reading them back (fresh mount), and
+//! listing a directory of M entries (names, as `ls -f`; fresh mount).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use s3files_csi::cloud::aws::AwsS3Files;
+use s3files_csi::cloud::{NewAccessPoint, NewFileSystem, S3Files};
+use s3files_csi::emulator::faults::FaultConfig;
+use s3files_csi::emulator::store::Settings;
+use s3files_csi::emulator::{BucketStore, Config, Emulator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_s3files-csi");
+const BUCKET: &str = "bench";
+const KEY_ID: &str = "AKIDBENCH";
+const SECRET: &str = "benchsecret";
+const SMALL_SIZE: usize = 4096;
+/// Parallelism of the raw ceiling: parts in flight, as our mount uses.
+const RAW_PARALLEL: usize = 4;
+const PART: u64 = 8 << 20;
+
+struct Args {
+    size_mib: u64,
+    small: usize,
+    entries: usize,
+    s3_url: Option<String>,
+    tools: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        size_mib: 1024,
+        small: 2000,
+        entries: 10_000,
+        s3_url: None,
+        tools: vec!["s3files-csi".into(), "s3fs".into(), "rclone".into()],
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--size-mib" => a.size_mib = value.parse().expect("--size-mib N"),
+            "--small" => a.small = value.parse().expect("--small N"),
+            "--entries" => a.entries = value.parse().expect("--entries N"),
+            "--s3-url" => a.s3_url = Some(value),
+            "--tools" => a.tools = value.split(',').map(str::to_owned).collect(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// What one tool does for each row; `None` when the row failed (reported, not fatal).
+#[derive(Default, Clone)]
+struct Figures {
+    write_mbs: Option<f64>,
+    read_mbs: Option<f64>,
+    create_fps: Option<f64>,
+    read_fps: Option<f64>,
+    list_eps: Option<f64>,
+}
+
+/// A way to mount the bucket (or our access point on it) at a directory.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Tool {
+    Ours,
+    S3fs,
+    Rclone,
+}
+
+impl Tool {
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Ours => "s3files-csi",
+            Tool::S3fs => "s3fs",
+            Tool::Rclone => "rclone",
+        }
+    }
+}
+
+struct Setup {
+    s3_url: String,
+    emulator_url: String,
+    fs_id: String,
+    ap_id: String,
+    dir: tempfile::TempDir,
+}
+
+fn mounted(path: &Path) -> bool {
+    let table = s3files_csi::mount::mountinfo::parse(
+        &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+    );
+    s3files_csi::mount::mountinfo::mount_at(&table, path).is_some()
+}
+
+/// Runs a mount command. Output goes to a file, not a pipe: a daemonising mount (rclone
+/// `--daemon`) keeps inherited pipes open for as long as it runs.
+fn run(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(5).collect();
+        anyhow::bail!("{cmd:?} failed ({status}): {}", tail.join(" | "));
+    }
+    Ok(())
+}
+
+/// Mounts `tool` at a fresh directory; returns the mount point.
+fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<PathBuf> {
+    let target = s.dir.path().join(format!("{}-{name}", tool.name()));
+    std::fs::create_dir_all(&target)?;
+    let log = s.dir.path().join(format!("{}.out", tool.name()));
+    match tool {
+        Tool::Ours => run(
+            Command::new(BIN)
+                .env("AWS_ENDPOINT_URL_S3FILES", &s.emulator_url)
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_ACCESS_KEY_ID", KEY_ID)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET)
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .arg("mount")
+                .arg(&s.fs_id)
+                .arg(&target)
+                .args(["-o", &format!("accesspoint={},tls", s.ap_id)])
+                .arg("--log-file")
+                .arg(s.dir.path().join("ours.log")),
+            &log,
+        )?,
+        Tool::S3fs => {
+            let passwd = s.dir.path().join("s3fs.passwd");
+            std::fs::write(&passwd, format!("{KEY_ID}:{SECRET}\n"))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600))?;
+            run(
+                Command::new("s3fs")
+                    .arg(BUCKET)
+                    .arg(&target)
+                    .args(["-o", &format!("url={}", s.s3_url)])
+                    .args(["-o", "use_path_request_style"])
+                    .args(["-o", &format!("passwd_file={}", passwd.display())])
+                    .args(["-o", "endpoint=us-east-1"]),
+                &log,
+            )?
+        }
+        Tool::Rclone => run(
+            Command::new("rclone")
+                // rclone refuses the CA bundle these machines set for other tools.
+                .env_remove("AWS_CA_BUNDLE")
+                .env("RCLONE_CONFIG_BENCH_TYPE", "s3")
+                .env("RCLONE_CONFIG_BENCH_PROVIDER", "Other")
+                .env("RCLONE_CONFIG_BENCH_ENDPOINT", &s.s3_url)
+                .env("RCLONE_CONFIG_BENCH_ACCESS_KEY_ID", KEY_ID)
+                .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET)
+                .env("RCLONE_CONFIG_BENCH_REGION", "us-east-1")
+                .arg("mount")
+                .arg(format!("bench:{BUCKET}"))
+                .arg(&target)
+                .arg("--daemon")
+                .args([
+                    "--log-file",
+                    &s.dir.path().join("rclone.log").display().to_string(),
+                ]),
+            &log,
+        )?,
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mounted(&target) {
+        anyhow::ensure!(Instant::now() < deadline, "{} did not mount", tool.name());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(target)
+}
+
+fn unmount(target: &Path) {
+    let _ = Command::new("umount").arg(target).status();
+    if mounted(target) {
+        let _ = Command::new("umount").arg("-l").arg(target).status();
+    }
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn pattern() -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+struct Raw {
+    store: Arc<dyn ObjectStore>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Raw {
+    /// Waits until `key` exists with `size` bytes (a tool's close may return before its upload
+    /// is complete; the row counts until the data is in the bucket).
+    fn wait_for(&self, key: &str, size: u64) -> anyhow::Result<()> {
+        let key = ObjectPath::from(key);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Ok(meta) = self.rt.block_on(self.store.head(&key))
+                && meta.size == size
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{key} never reached {size} bytes"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        let prefix = ObjectPath::from(prefix);
+        self.rt
+            .block_on(self.store.list(Some(&prefix)).collect::<Vec<_>>())
+            .into_iter()
+            .filter(|o| o.is_ok())
+            .count()
+    }
+}
+
+fn mbs(bytes: u64, t: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / t.as_secs_f64()
+}
+
+/// Runs the five rows through a mount of `tool`; `base` is the tool's directory in the bucket
+/// as the mount sees it and `key_base` the same place as an object key prefix.
+fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    let size = a.size_mib << 20;
+    let buf = pattern();
+    let (sub, key_base) = match tool {
+        Tool::Ours => ("", "ours".to_owned()),
+        Tool::S3fs => ("s3fs", "s3fs".to_owned()),
+        Tool::Rclone => ("rclone", "rclone".to_owned()),
+    };
+    // Ours serves the access point root (`/ours`); the peers serve the bucket root.
+    let m = mount(tool, s, "write")?;
+    let dir = m.join(sub);
+    std::fs::create_dir_all(dir.join("small"))?;
+    let t = Instant::now();
+    let mut file = std::fs::File::create(dir.join("big.bin"))?;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        file.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    drop(file);
+    raw.wait_for(&format!("{key_base}/big.bin"), size)?;
+    f.write_mbs = Some(mbs(size, t.elapsed()));
+    eprintln!("  {}: sequential write done", tool.name());
+
+    let t = Instant::now();
+    for i in 0..a.small {
+        std::fs::write(dir.join(format!("small/f{i:05}")), &buf[..SMALL_SIZE])?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while raw.count(&format!("{key_base}/small")) < a.small {
+        anyhow::ensure!(Instant::now() < deadline, "small files never all arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.create_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+    eprintln!("  {}: small files created", tool.name());
+    std::fs::create_dir_all(dir.join("list"))?;
+    unmount(&m);
+
+    drop_caches();
+    let m = mount(tool, s, "read")?;
+    let dir = m.join(sub);
+    let t = Instant::now();
+    let mut file = std::fs::File::open(dir.join("big.bin"))?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut first = Vec::new();
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        if first.is_empty() {
+            first = chunk[..n.min(4096)].to_vec();
+        }
+        total += n as u64;
+    }
+    anyhow::ensure!(total == size, "read {total} of {size} bytes");
+    anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
+    f.read_mbs = Some(mbs(size, t.elapsed()));
+    drop(file);
+    eprintln!("  {}: sequential read done", tool.name());
+
+    let t = Instant::now();
+    for i in 0..a.small {
+        let got = std::fs::read(dir.join(format!("small/f{i:05}")))?;
+        anyhow::ensure!(
+            got.len() == SMALL_SIZE,
+            "small file {i} has {} bytes",
+            got.len()
+        );
+    }
+    f.read_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+    eprintln!("  {}: small files read", tool.name());
+    unmount(&m);
+
+    // The listing directory is filled with raw PUTs (setup, not timed).
+    populate(raw, &format!("{key_base}/list"), a.entries)?;
+    drop_caches();
+    let m = mount(tool, s, "list")?;
+    let t = Instant::now();
+    let n = std::fs::read_dir(m.join(sub).join("list"))?.count();
+    let elapsed = t.elapsed();
+    unmount(&m);
+    // s3fs and rclone also show our hidden directory marker; nothing else may be missing.
+    anyhow::ensure!(n >= a.entries, "listed {n} of {} entries", a.entries);
+    f.list_eps = Some(a.entries as f64 / elapsed.as_secs_f64());
+    eprintln!("  {}: listing done", tool.name());
+    Ok(f)
+}
+
+fn populate(raw: &Raw, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let store = raw.store.clone();
+    let prefix = prefix.to_owned();
+    raw.rt.block_on(async move {
+        futures_util::stream::iter(0..n)
+            .map(|i| {
+                let store = store.clone();
+                let key = ObjectPath::from(format!("{prefix}/entry-{i:05}"));
+                async move { store.put(&key, vec![b'x'; 16].into()).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(())
+}
+
+/// The ceiling: the same rows as plain S3 requests with the mount's parallelism.
+async fn measure_raw(store: Arc<dyn ObjectStore>, a: &Args) -> anyhow::Result<Figures> {
+    let mut f = Figures::default();
+    let size = a.size_mib << 20;
+    let buf = bytes::Bytes::from(pattern());
+    let key = ObjectPath::from("raw/big.bin");
+    let t = Instant::now();
+    let upload = store.put_multipart(&key).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART as usize);
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        writer.wait_for_capacity(RAW_PARALLEL).await?;
+        writer.put(buf.slice(..n));
+        left -= n as u64;
+    }
+    writer.finish().await?;
+    f.write_mbs = Some(mbs(size, t.elapsed()));
+
+    let t = Instant::now();
+    let ranges: Vec<_> = (0..size.div_ceil(PART))
+        .map(|i| i * PART..((i + 1) * PART).min(size))
+        .collect();
+    let total: u64 = futures_util::stream::iter(ranges)
+        .map(|r| {
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.get_range(&key, r).await.map(|b| b.len() as u64) }
+        })
+        .buffered(RAW_PARALLEL)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .sum::<Result<u64, _>>()?;
+    anyhow::ensure!(total == size, "raw read {total} of {size}");
+    f.read_mbs = Some(mbs(size, t.elapsed()));
+
+    let t = Instant::now();
+    for i in 0..a.small {
+        let key = ObjectPath::from(format!("raw/small/f{i:05}"));
+        store.put(&key, buf.slice(..SMALL_SIZE).into()).await?;
+    }
+    f.create_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    for i in 0..a.small {
+        let key = ObjectPath::from(format!("raw/small/f{i:05}"));
+        store.get(&key).await?.bytes().await?;
+    }
+    f.read_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+
+    let prefix = ObjectPath::from("raw/list");
+    futures_util::stream::iter(0..a.entries)
+        .map(|i| {
+            let store = store.clone();
+            let key = prefix.clone().join(format!("entry-{i:05}"));
+            async move { store.put(&key, vec![b'x'; 16].into()).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = Instant::now();
+    let listing = store.list_with_delimiter(Some(&prefix)).await?;
+    anyhow::ensure!(listing.objects.len() == a.entries, "raw listing short");
+    f.list_eps = Some(a.entries as f64 / t.elapsed().as_secs_f64());
+    Ok(f)
+}
+
+fn start_moto() -> anyhow::Result<(Child, String)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("moto_server ({e}); pip install 'moto[server]'"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
+fn installed(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn cell(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args();
+    let (moto, s3_url) = match &a.s3_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let (child, url) = start_moto()?;
+            (Some(child), url)
+        }
+    };
+    if moto.is_some() {
+        create_bucket(&s3_url, BUCKET).await?;
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        AmazonS3Builder::new()
+            .with_endpoint(&s3_url)
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .build()?,
+    );
+
+    let mut settings = Settings::for_region("us-east-1");
+    settings.ready_after = 0.0;
+    let emu = Emulator::new(Config {
+        settings,
+        state_dir: None,
+        buckets: BucketStore::S3 {
+            endpoint: s3_url.clone(),
+        },
+        faults: FaultConfig::default(),
+        seed: Some(1),
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let serving = emu.clone();
+    tokio::spawn(async move {
+        let _ = serving
+            .serve(
+                "127.0.0.1:0".parse().expect("addr"),
+                std::future::pending(),
+                move |addr| {
+                    let _ = tx.send(addr);
+                },
+            )
+            .await;
+    });
+    let emulator_url = format!("http://{}", rx.await?);
+    let sdk = {
+        use aws_sdk_s3files::config::{BehaviorVersion, Credentials, Region};
+        aws_sdk_s3files::Client::from_conf(
+            aws_sdk_s3files::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(&emulator_url)
+                .credentials_provider(Credentials::new(KEY_ID, SECRET, None, None, "bench"))
+                .build(),
+        )
+    };
+    let cloud = AwsS3Files::new(sdk, None);
+    let fs = cloud
+        .create_file_system(&NewFileSystem {
+            bucket_arn: format!("arn:aws:s3:::{BUCKET}"),
+            prefix: None,
+            role_arn: "arn:aws:iam::123456789012:role/bench".into(),
+            client_token: None,
+            tags: vec![],
+        })
+        .await?;
+    let ap = cloud
+        .create_access_point(&NewAccessPoint {
+            file_system_id: fs.id.clone(),
+            client_token: "bench".into(),
+            posix_user: None,
+            root_path: Some("/ours".into()),
+            creation_permissions: None,
+            tags: vec![],
+        })
+        .await?;
+    let setup = Arc::new(Setup {
+        s3_url: s3_url.clone(),
+        emulator_url,
+        fs_id: fs.id,
+        ap_id: ap.id,
+        dir: tempfile::tempdir()?,
+    });
+
+    println!(
+        "data-plane benchmark: {} MiB sequential, {} small files of {} KiB, {} entries listed; S3 server {}",
+        a.size_mib,
+        a.small,
+        SMALL_SIZE / 1024,
+        a.entries,
+        if moto.is_some() {
+            "moto_server (loopback)"
+        } else {
+            s3_url.as_str()
+        }
+    );
+    eprintln!("raw...");
+    let raw_figures = measure_raw(store.clone(), &a).await?;
+    let raw = Arc::new(Raw {
+        store,
+        rt: tokio::runtime::Handle::current(),
+    });
+    let a = Arc::new(a);
+    let mut results: Vec<(Tool, Option<Figures>)> = Vec::new();
+    for tool in [Tool::Ours, Tool::S3fs, Tool::Rclone] {
+        if !a.tools.iter().any(|t| t == tool.name()) {
+            results.push((tool, None));
+            continue;
+        }
+        if tool != Tool::Ours && !installed(tool.name()) {
+            println!(
+                "{}: not installed (apt-get install -y s3fs rclone fuse3)",
+                tool.name()
+            );
+            results.push((tool, None));
+            continue;
+        }
+        eprintln!("{}...", tool.name());
+        let (s, r, a2) = (setup.clone(), raw.clone(), a.clone());
+        let outcome = tokio::task::spawn_blocking(move || measure_mount(tool, &s, &r, &a2)).await?;
+        match outcome {
+            Ok(f) => results.push((tool, Some(f))),
+            Err(e) => {
+                println!("{}: failed: {e:#}", tool.name());
+                results.push((tool, None));
+            }
+        }
+    }
+
+    let rows: [(&str, fn(&Figures) -> Option<f64>); 5] = [
+        ("sequential write (MiB/s)", |f| f.write_mbs),
+        ("sequential read (MiB/s)", |f| f.read_mbs),
+        ("small files created (files/s)", |f| f.create_fps),
+        ("small files read (files/s)", |f| f.read_fps),
+        ("directory listed (entries/s)", |f| f.list_eps),
+    ];
+    let get = |tool: Tool, row: fn(&Figures) -> Option<f64>| {
+        results
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .and_then(|(_, f)| f.as_ref())
+            .and_then(row)
+    };
+    println!();
+    println!(
+        "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
+        "row", "raw", "s3files-csi", "s3fs", "rclone", "vs best peer", "vs raw"
+    );
+    for (label, row) in rows {
+        let ours = get(Tool::Ours, row);
+        let best_peer = [get(Tool::S3fs, row), get(Tool::Rclone, row)]
+            .into_iter()
+            .flatten()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        println!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
+            label,
+            cell(row(&raw_figures)),
+            cell(ours),
+            cell(get(Tool::S3fs, row)),
+            cell(get(Tool::Rclone, row)),
+            ratio(ours, best_peer),
+            ratio(ours, row(&raw_figures)),
+        );
+    }
+    if let Some(mut child) = moto {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(())
+}
+
+/// One plain HTTP request (moto does not check signatures); returns the response text.
+async fn http(url: &str, method: &str, path: &str, body: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(hostport).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// Creates the bucket with versioning on, as S3 Files requires of its buckets (rclone also
+/// depends on it against moto: it checks uploads by version id).
+async fn create_bucket(url: &str, bucket: &str) -> anyhow::Result<()> {
+    http(url, "PUT", &format!("/{bucket}"), "").await?;
+    let versioning = r#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#;
+    http(url, "PUT", &format!("/{bucket}?versioning"), versioning).await?;
+    let state = http(url, "GET", &format!("/{bucket}?versioning"), "").await?;
+    anyhow::ensure!(
+        state.contains("<Status>Enabled</Status>"),
+        "could not turn on versioning for {bucket}: {state}"
+    );
+    Ok(())
+}
