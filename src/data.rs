@@ -75,6 +75,17 @@ impl ObjectData {
         }
     }
 
+    /// A paginated-listing client for `bucket` when buckets are on S3.
+    pub fn paginated(
+        &self,
+        bucket: &str,
+    ) -> Result<Option<Arc<dyn object_store::list::PaginatedListStore>>> {
+        match &self.location {
+            DataLocation::Local { .. } => Ok(None),
+            DataLocation::S3 { endpoint } => Ok(Some(Arc::new(s3_client(bucket, endpoint)?))),
+        }
+    }
+
     /// The object store client for `bucket` (a bucket name), made once.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         if let Some(s) = self
@@ -85,36 +96,38 @@ impl ObjectData {
         {
             return Ok(s.clone());
         }
-        let store: Arc<dyn ObjectStore> =
-            match &self.location {
-                DataLocation::S3 { endpoint } => {
-                    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-                    if let Some(e) = endpoint {
-                        builder = builder
-                            .with_endpoint(e)
-                            .with_allow_http(e.starts_with("http://"));
-                    }
-                    Arc::new(builder.build().map_err(|e| {
-                        Error::Internal(format!("S3 client for bucket {bucket}: {e}"))
-                    })?)
-                }
-                DataLocation::Local { root } => {
-                    let dir = root.join(bucket);
-                    Arc::new(
-                        LocalFileSystem::new_with_prefix(&dir)
-                            .map_err(|e| {
-                                Error::Internal(format!("bucket directory {}: {e}", dir.display()))
-                            })?
-                            .with_automatic_cleanup(true),
-                    )
-                }
-            };
+        let store: Arc<dyn ObjectStore> = match &self.location {
+            DataLocation::S3 { endpoint } => Arc::new(s3_client(bucket, endpoint)?),
+            DataLocation::Local { root } => {
+                let dir = root.join(bucket);
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| {
+                            Error::Internal(format!("bucket directory {}: {e}", dir.display()))
+                        })?
+                        .with_automatic_cleanup(true),
+                )
+            }
+        };
         self.stores
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(bucket.to_owned(), store.clone());
         Ok(store)
     }
+}
+
+/// An S3 client for `bucket`; credentials and region from the environment.
+fn s3_client(bucket: &str, endpoint: &Option<String>) -> Result<object_store::aws::AmazonS3> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(e) = endpoint {
+        builder = builder
+            .with_endpoint(e)
+            .with_allow_http(e.starts_with("http://"));
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Internal(format!("S3 client for bucket {bucket}: {e}")))
 }
 
 /// `name` from `arn:aws:s3:::name`.

@@ -269,12 +269,21 @@ async fn files_written_through_the_mount_are_objects_in_the_bucket(backend: Back
             .collect();
         assert_eq!(names, ["hello.txt"]);
 
-        // Objects written to the bucket by others appear in the mount.
+        // Objects written to the bucket by others appear in the mount once the directory's
+        // cached listing (5 s, as S3 Files shows S3 changes "within seconds") is renewed.
         bucket.put("k8s/vol-a/from-s3.txt", b"written by someone else");
-        assert_eq!(
-            std::fs::read(t.join("from-s3.txt")).expect("visible"),
-            b"written by someone else"
-        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let seen = loop {
+            match std::fs::read(t.join("from-s3.txt")) {
+                Ok(bytes) => break bytes,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(e.raw_os_error(), Some(2), "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => panic!("never visible: {e}"),
+            }
+        };
+        assert_eq!(seen, b"written by someone else");
     })
     .await
     .expect("file operations");

@@ -83,6 +83,69 @@ struct Open {
     dirty: bool,
     /// Read-ahead state of a read-only handle.
     prefetch: Option<Arc<Mutex<Prefetch>>>,
+    /// A small file's whole content, read by the lookup before this open.
+    body: Option<bytes::Bytes>,
+}
+
+/// How long a directory's listing answers lookups: names it lacks are absent, and its sizes
+/// pick how a file is fetched. NFS clients of S3 Files cache directory contents similarly.
+const DIR_TTL: Duration = Duration::from_secs(5);
+/// Larger directories are not kept (their listings still answer `readdir`).
+const DIR_CACHE_MAX: usize = 5000;
+/// Files up to this size are read whole by the lookup that finds them through a listing, as
+/// S3 Files imports the data of files under 128 KiB on first directory access.
+const SMALL_FILE: u64 = 128 << 10;
+/// Bytes of such files kept per mount between lookup and open.
+const SMALL_BODIES_MAX: u64 = 32 << 20;
+
+/// What a directory listing says about a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listed {
+    Absent,
+    Dir,
+    File(u64),
+    /// No usable listing.
+    Unknown,
+}
+
+/// A directory's names as last listed, kept current with this mount's own changes.
+struct DirEntries {
+    /// `None`: too large to keep.
+    names: Option<HashMap<String, (Kind, u64)>>,
+    until: Instant,
+}
+
+impl DirEntries {
+    fn from_listing(entries: &[(String, Kind, u64)]) -> DirEntries {
+        let names = (entries.len() <= DIR_CACHE_MAX).then(|| {
+            entries
+                .iter()
+                .map(|(n, k, size)| (n.clone(), (*k, *size)))
+                .collect()
+        });
+        DirEntries {
+            names,
+            until: Instant::now() + DIR_TTL,
+        }
+    }
+
+    fn empty() -> DirEntries {
+        DirEntries {
+            names: Some(HashMap::new()),
+            until: Instant::now() + DIR_TTL,
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Listed {
+        match &self.names {
+            None => Listed::Unknown,
+            Some(names) => match names.get(name) {
+                None => Listed::Absent,
+                Some((Kind::Dir, _)) => Listed::Dir,
+                Some((_, size)) => Listed::File(*size),
+            },
+        }
+    }
 }
 
 /// A directory's entries as `readdir` returns them: inode, type, name.
@@ -106,6 +169,11 @@ struct Tables {
     handles: HashMap<u64, Open>,
     /// Listings of open directories: a large directory is read in many `readdir` calls.
     dirs: HashMap<u64, Listing>,
+    /// Listings by directory path, for lookups.
+    dir_cache: HashMap<String, DirEntries>,
+    /// Small files read whole by a lookup, waiting for their `open`.
+    bodies: HashMap<u64, (bytes::Bytes, Instant)>,
+    body_bytes: u64,
     next_fh: u64,
 }
 
@@ -359,57 +427,193 @@ impl ObjectFs {
         }
     }
 
+    fn file_node(&self, path: &str, meta: &object_store::ObjectMeta, posix: Option<Posix>) -> Node {
+        let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFREG));
+        if posix.file_type() == S_IFDIR || posix.file_type() == 0 {
+            // An object is never a directory here.
+            posix.mode = S_IFREG | posix.perm();
+        }
+        Node {
+            path: path.to_owned(),
+            size: meta.size,
+            mtime: meta.last_modified.into(),
+            posix,
+            seen: Instant::now(),
+        }
+    }
+
     /// Finds what is at `path` in the store: an object is a file (or a symbolic link, by its
-    /// mode); a prefix with objects under it is a directory, whose marker (if any) carries its
-    /// attributes.
+    /// mode); a directory marker or any object under the prefix makes a directory, whose marker
+    /// (if any) carries its attributes. The object and the marker are asked for at once; the
+    /// prefix is listed (one key) only when neither exists.
     fn stat_path(&self, path: &str) -> Result<Node, Errno> {
         let key = self.key(path);
+        let marker = self.marker_key(path);
+        let is_root = path.is_empty() && self.root.is_empty();
         self.runtime.block_on(async {
-            if !path.is_empty() || !self.root.is_empty() {
-                match self.objects.head(&key).await {
-                    Ok((meta, posix)) => {
-                        let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFREG));
-                        if posix.file_type() == S_IFDIR || posix.file_type() == 0 {
-                            // An object is never a directory here.
-                            posix.mode = S_IFREG | posix.perm();
-                        }
-                        return Ok(Node {
-                            path: path.to_owned(),
-                            size: meta.size,
-                            mtime: meta.last_modified.into(),
-                            posix,
-                            seen: Instant::now(),
-                        });
+            let (object, marker) = tokio::join!(
+                async {
+                    if is_root {
+                        Err(object_store::Error::NotFound {
+                            path: String::new(),
+                            source: "the bucket root".into(),
+                        })
+                    } else {
+                        self.objects.head(&key).await
                     }
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => {
-                        warn!(%key, error = %e, "head failed");
-                        return Err(errno_of(&e));
-                    }
+                },
+                self.objects.head(&marker)
+            );
+            let dir = |mtime: SystemTime, posix: Option<Posix>| {
+                let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFDIR));
+                posix.mode = S_IFDIR | posix.perm();
+                Node {
+                    path: path.to_owned(),
+                    size: 0,
+                    mtime,
+                    posix,
+                    seen: Instant::now(),
+                }
+            };
+            match object {
+                Ok((meta, posix)) => return Ok(self.file_node(path, &meta, posix)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    warn!(%key, error = %e, "head failed");
+                    return Err(errno_of(&e));
                 }
             }
-            let prefix = (!key.as_ref().is_empty()).then_some(&key);
-            let mut listing = self.objects.store().list(prefix);
-            match listing.next().await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(errno_of(&e)),
-                None if path.is_empty() => {}
-                None => return Err(Errno::ENOENT),
+            match marker {
+                Ok((meta, posix)) => return Ok(dir(meta.last_modified.into(), posix)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(errno_of(&e)),
             }
-            let (mtime, posix) = match self.objects.head(&self.marker_key(path)).await {
-                Ok((meta, posix)) => (meta.last_modified.into(), posix),
-                Err(_) => (SystemTime::now(), None),
-            };
-            let mut posix = posix.unwrap_or_else(|| self.default_posix(S_IFDIR));
-            posix.mode = S_IFDIR | posix.perm();
-            Ok(Node {
-                path: path.to_owned(),
-                size: 0,
-                mtime,
-                posix,
-                seen: Instant::now(),
-            })
+            if path.is_empty()
+                || self
+                    .objects
+                    .has_children(&key)
+                    .await
+                    .map_err(|e| errno_of(&e))?
+            {
+                Ok(dir(SystemTime::now(), None))
+            } else {
+                Err(Errno::ENOENT)
+            }
         })
+    }
+
+    /// Like [`ObjectFs::stat_path`], with what the parent's listing said: absent names are
+    /// answered without a request, and a small file is read whole by the same request that
+    /// learns its attributes (its bytes are kept briefly for the `open` that usually follows).
+    fn stat_child(
+        &self,
+        parent: &str,
+        name: &str,
+        path: &str,
+    ) -> Result<(Node, Option<u64>), Errno> {
+        match self.listed(parent, name) {
+            Listed::Absent => Err(Errno::ENOENT),
+            Listed::File(size) if size <= SMALL_FILE => {
+                let key = self.key(path);
+                match self.runtime.block_on(self.objects.get_small(&key)) {
+                    Ok((meta, posix, body)) => {
+                        let node = self.file_node(path, &meta, posix);
+                        let (ino, _) = self.remember(node.clone());
+                        self.keep_body(ino, body);
+                        Ok((node, Some(ino)))
+                    }
+                    // Gone since the listing, or a directory of the same name: ask in full.
+                    Err(object_store::Error::NotFound { .. }) => Ok((self.stat_path(path)?, None)),
+                    Err(e) => Err(errno_of(&e)),
+                }
+            }
+            _ => Ok((self.stat_path(path)?, None)),
+        }
+    }
+
+    /// What a fresh listing of `parent` says about `name`, listing it first when there is
+    /// none.
+    fn listed(&self, parent: &str, name: &str) -> Listed {
+        let now = Instant::now();
+        let valid = |d: &DirEntries| now < d.until;
+        let cached = {
+            let t = self.tables();
+            t.dir_cache
+                .get(parent)
+                .filter(|d| valid(d))
+                .map(|d| d.lookup(name))
+        };
+        if let Some(answer) = cached {
+            return answer;
+        }
+        match self.list_dir(parent) {
+            Ok(entries) => {
+                let d = DirEntries::from_listing(&entries);
+                let answer = d.lookup(name);
+                self.tables().dir_cache.insert(parent.to_owned(), d);
+                answer
+            }
+            Err(_) => Listed::Unknown,
+        }
+    }
+
+    /// Keeps what this mount changed in the cached listing of `path`'s parent.
+    fn note(&self, path: &str, entry: Option<(Kind, u64)>) {
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", path),
+        };
+        let mut t = self.tables();
+        if let Some(d) = t.dir_cache.get_mut(parent)
+            && let Some(names) = d.names.as_mut()
+        {
+            match entry {
+                Some(e) => {
+                    names.insert(name.to_owned(), e);
+                }
+                None => {
+                    names.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Forgets cached listings at and under `path`.
+    fn forget_listings(&self, path: &str) {
+        let below = format!("{path}/");
+        self.tables()
+            .dir_cache
+            .retain(|p, _| p != path && !p.starts_with(&below));
+    }
+
+    fn keep_body(&self, ino: u64, body: bytes::Bytes) {
+        let mut t = self.tables();
+        let now = Instant::now();
+        let expired: Vec<u64> = t
+            .bodies
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) >= TTL)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for old in expired {
+            if let Some((b, _)) = t.bodies.remove(&old) {
+                t.body_bytes -= b.len() as u64;
+            }
+        }
+        if t.body_bytes + body.len() as u64 <= SMALL_BODIES_MAX {
+            t.body_bytes += body.len() as u64;
+            if let Some((old, _)) = t.bodies.insert(ino, (body, now)) {
+                t.body_bytes -= old.len() as u64;
+            }
+        }
+    }
+
+    /// The bytes a lookup just read for `ino`, if still fresh.
+    fn take_body(&self, ino: u64) -> Option<bytes::Bytes> {
+        let mut t = self.tables();
+        let (body, at) = t.bodies.remove(&ino)?;
+        t.body_bytes -= body.len() as u64;
+        (at.elapsed() < TTL).then_some(body)
     }
 
     /// Uploads `file` as the object at `path` with `posix`.
@@ -494,6 +698,7 @@ impl ObjectFs {
         };
         let node = self.node(ino)?;
         let size = self.upload(&node.path, &mut file, node.posix)?;
+        self.note(&node.path, Some((Kind::File, size)));
         self.update(ino, |n| {
             n.size = size;
             n.mtime = SystemTime::now();
@@ -541,7 +746,7 @@ impl ObjectFs {
         Ok(())
     }
 
-    fn list_dir(&self, path: &str) -> Result<Vec<(String, Kind)>, Errno> {
+    fn list_dir(&self, path: &str) -> Result<Vec<(String, Kind, u64)>, Errno> {
         let key = self.key(path);
         let prefix = if path.is_empty() && self.root.is_empty() {
             None
@@ -557,20 +762,21 @@ impl ObjectFs {
             // Only a prefix with live objects under it is a directory here. A local directory
             // store keeps emptied directories on disk (after a rename, say), and some S3
             // servers (moto, versioned buckets) report prefixes that hold only delete markers.
-            let empty = self
+            let live = self
                 .runtime
-                .block_on(async { self.objects.store().list(Some(&dir)).next().await.is_none() });
+                .block_on(self.objects.has_children(&dir))
+                .map_err(|e| errno_of(&e))?;
             if let Some(name) = dir.filename()
-                && !empty
+                && live
             {
-                entries.push((name.to_owned(), Kind::Dir));
+                entries.push((name.to_owned(), Kind::Dir, 0));
             }
         }
         for obj in listing.objects {
             if let Some(name) = obj.location.filename()
                 && name != DIR_MARKER
             {
-                entries.push((name.to_owned(), Kind::File));
+                entries.push((name.to_owned(), Kind::File, obj.size));
             }
         }
         Ok(entries)
@@ -697,14 +903,20 @@ impl ObjectFs {
 
     fn read_inner(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         // A writer reads its own staged bytes.
-        let (staged, prefetch) = {
+        let (staged, prefetch, body) = {
             let t = self.tables();
             let open = t.handles.get(&fh).ok_or(Errno::EBADF)?;
             (
                 open.staging.as_ref().and_then(|f| f.try_clone().ok()),
                 open.prefetch.clone(),
+                open.body.clone(),
             )
         };
+        if let Some(body) = body {
+            let start = (offset as usize).min(body.len());
+            let end = (start + size as usize).min(body.len());
+            return Ok(body[start..end].to_vec());
+        }
         if let Some(file) = staged {
             let mut buf = vec![0u8; size as usize];
             let n = file.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
@@ -789,8 +1001,12 @@ impl Filesystem for ObjectFs {
                 let node = self.node(ino)?;
                 return Ok(self.attr(ino, &node));
             }
-            let node = self.stat_path(&path)?;
-            Ok(self.remember(node).1)
+            let name = name.to_str().ok_or(Errno::EINVAL)?;
+            let (node, ino) = self.stat_child(&parent.path, name, &path)?;
+            Ok(match ino {
+                Some(ino) => self.attr(ino, &node),
+                None => self.remember(node).1,
+            })
         })();
         match result {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -878,6 +1094,10 @@ impl Filesystem for ObjectFs {
                         .put(&self.marker_key(&path), PutPayload::default(), posix),
                 )
                 .map_err(|e| errno_of(&e))?;
+            self.note(&path, Some((Kind::Dir, 0)));
+            self.tables()
+                .dir_cache
+                .insert(path.clone(), DirEntries::empty());
             Ok(self
                 .remember(Node {
                     path,
@@ -921,6 +1141,7 @@ impl Filesystem for ObjectFs {
                         .put(&self.key(&path), PutPayload::from(target), posix),
                 )
                 .map_err(|e| errno_of(&e))?;
+            self.note(&path, Some((Kind::Symlink, size)));
             Ok(self
                 .remember(Node {
                     path,
@@ -947,6 +1168,7 @@ impl Filesystem for ObjectFs {
             self.runtime
                 .block_on(self.objects.store().delete(&self.key(&path)))
                 .map_err(|e| errno_of(&e))?;
+            self.note(&path, None);
             self.forget_path(&path);
             Ok(())
         })();
@@ -970,6 +1192,8 @@ impl Filesystem for ObjectFs {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(errno_of(&e)),
             }
+            self.note(&path, None);
+            self.forget_listings(&path);
             self.forget_path(&path);
             Ok(())
         })();
@@ -1040,6 +1264,10 @@ impl Filesystem for ObjectFs {
                 }
                 Ok::<(), Errno>(())
             })?;
+            self.note(&from, None);
+            self.note(&to, Some((node.kind(), node.size)));
+            self.forget_listings(&from);
+            self.forget_listings(&to);
             // Paths below the old name are stale now.
             let mut t = self.tables();
             let under = |p: &str, base: &str| p == base || p.starts_with(&format!("{base}/"));
@@ -1107,7 +1335,9 @@ impl Filesystem for ObjectFs {
             } else {
                 None
             };
-            let prefetch = (!writing).then(|| Arc::new(Mutex::new(Prefetch::new(&self.budget))));
+            let body = if writing { None } else { self.take_body(ino.0) };
+            let prefetch = (!writing && body.is_none())
+                .then(|| Arc::new(Mutex::new(Prefetch::new(&self.budget))));
             let mut t = self.tables();
             let fh = t.next_fh;
             t.next_fh += 1;
@@ -1118,6 +1348,7 @@ impl Filesystem for ObjectFs {
                     staging,
                     dirty: truncate,
                     prefetch,
+                    body,
                 },
             );
             Ok(fh)
@@ -1143,6 +1374,7 @@ impl Filesystem for ObjectFs {
             let (parent, path) = self.writable_parent(&who, parent, name)?;
             let staging = self.new_staging()?;
             let posix = self.new_posix(&who, &parent, S_IFREG | (mode & !umask & 0o7777));
+            self.note(&path, Some((Kind::File, 0)));
             let (ino, attr) = self.remember(Node {
                 path,
                 size: 0,
@@ -1161,6 +1393,7 @@ impl Filesystem for ObjectFs {
                     staging: Some(staging),
                     dirty: true,
                     prefetch: None,
+                    body: None,
                 },
             );
             Ok((attr, fh))
@@ -1311,7 +1544,11 @@ impl Filesystem for ObjectFs {
                 (ino.0, FileType::Directory, ".".to_owned()),
                 (1, FileType::Directory, "..".to_owned()),
             ];
-            for (name, kind) in self.list_dir(&node.path)? {
+            let listing = self.list_dir(&node.path)?;
+            self.tables()
+                .dir_cache
+                .insert(node.path.clone(), DirEntries::from_listing(&listing));
+            for (name, kind, _) in listing {
                 let path = Self::child(&node.path, OsStr::new(&name))?;
                 let known = self.tables().by_path.get(&path).copied();
                 let (child_ino, kind) = match known {

@@ -167,7 +167,11 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
     };
     let data = ObjectData::new(location);
     let bucket = bucket_name(&fs.bucket)?;
-    let objects = Objects::new(data.store(bucket)?, data.local_dir(bucket))?;
+    let objects = Objects::new(
+        data.store(bucket)?,
+        data.local_dir(bucket),
+        data.paginated(bucket)?,
+    )?;
     let mut root = format!("{}{}", fs.prefix, root_path.trim_start_matches('/'));
     if let Some(sub) = &request.subpath {
         root = format!(

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -98,16 +100,71 @@ pub struct Objects {
     store: Arc<dyn ObjectStore>,
     /// Set when the bucket is a local directory: attributes go to extended attributes.
     local: Option<LocalFileSystem>,
+    /// S3's own listing, for requests `ObjectStore::list` cannot make (one key at most).
+    paged: Option<Arc<dyn PaginatedListStore>>,
+}
+
+fn metadata_of(attributes: &Attributes) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .filter_map(|(k, v)| match k {
+            Attribute::Metadata(name) => Some((name.to_string(), v.to_string())),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Objects {
     /// `local_dir` is the bucket's directory when `store` is a local directory store.
-    pub fn new(store: Arc<dyn ObjectStore>, local_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// `paged` is the same bucket's S3 client when it is on S3.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        local_dir: Option<PathBuf>,
+        paged: Option<Arc<dyn PaginatedListStore>>,
+    ) -> anyhow::Result<Self> {
         let local = match local_dir {
             Some(dir) => Some(LocalFileSystem::new_with_prefix(dir)?),
             None => None,
         };
-        Ok(Objects { store, local })
+        Ok(Objects {
+            store,
+            local,
+            paged,
+        })
+    }
+
+    /// Whether any object lives under `prefix/` (one key listed at most on S3).
+    pub async fn has_children(&self, prefix: &ObjectPath) -> object_store::Result<bool> {
+        if let Some(paged) = &self.paged {
+            let opts = PaginatedListOptions {
+                max_keys: Some(1),
+                ..Default::default()
+            };
+            let listed = paged
+                .list_paginated(Some(&format!("{prefix}/")), opts)
+                .await?;
+            return Ok(!listed.result.objects.is_empty());
+        }
+        let prefix = (!prefix.as_ref().is_empty()).then_some(prefix);
+        match self.store.list(prefix).next().await {
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e),
+            None => Ok(false),
+        }
+    }
+
+    /// A whole (small) object with its size, time and POSIX attributes, in one request.
+    pub async fn get_small(
+        &self,
+        key: &ObjectPath,
+    ) -> object_store::Result<(ObjectMeta, Option<Posix>, bytes::Bytes)> {
+        let got = self.store.get_opts(key, GetOptions::default()).await?;
+        let meta = got.meta.clone();
+        let posix = match &self.local {
+            Some(local) => Posix::from_metadata(&read_xattrs(local, key)),
+            None => Posix::from_metadata(&metadata_of(&got.attributes)),
+        };
+        Ok((meta, posix, got.bytes().await?))
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -133,13 +190,10 @@ impl Objects {
             .store
             .get_opts(key, GetOptions::default().with_head(true))
             .await?;
-        let mut metadata = BTreeMap::new();
-        for (k, v) in got.attributes.iter() {
-            if let Attribute::Metadata(name) = k {
-                metadata.insert(name.to_string(), v.to_string());
-            }
-        }
-        Ok((got.meta, Posix::from_metadata(&metadata)))
+        Ok((
+            got.meta,
+            Posix::from_metadata(&metadata_of(&got.attributes)),
+        ))
     }
 
     /// Writes a whole object with its attributes.
@@ -267,7 +321,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn ObjectStore> =
             Arc::new(LocalFileSystem::new_with_prefix(dir.path()).expect("store"));
-        let objects = Objects::new(store.clone(), Some(dir.path().to_owned())).expect("objects");
+        let objects =
+            Objects::new(store.clone(), Some(dir.path().to_owned()), None).expect("objects");
         let key = ObjectPath::from("a/b.txt");
         let posix = Posix {
             uid: 7,
