@@ -88,6 +88,9 @@ struct Figures {
     list_eps: Option<f64>,
 }
 
+/// Picks one row's figure.
+type Row = fn(&Figures) -> Option<f64>;
+
 /// A way to mount the bucket (or our access point on it) at a directory.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tool {
@@ -620,14 +623,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let rows: [(&str, fn(&Figures) -> Option<f64>); 5] = [
+    let rows: [(&str, Row); 5] = [
         ("sequential write (MiB/s)", |f| f.write_mbs),
         ("sequential read (MiB/s)", |f| f.read_mbs),
         ("small files created (files/s)", |f| f.create_fps),
         ("small files read (files/s)", |f| f.read_fps),
         ("directory listed (entries/s)", |f| f.list_eps),
     ];
-    let get = |tool: Tool, row: fn(&Figures) -> Option<f64>| {
+    let get = |tool: Tool, row: Row| {
         results
             .iter()
             .find(|(t, _)| *t == tool)
