@@ -7,11 +7,15 @@
 //! `k8s/vol/a/b.txt`. A directory exists while objects live under it; an empty directory is kept
 //! by a zero-byte marker object `<dir>/.s3files-dir` that listings hide.
 //!
-//! Reads are ranged GETs. Writes go to a staging file on local disk (memory stays bounded
-//! however large the file) and are uploaded when the file is flushed, fsynced or closed, so a
-//! reader opening the file after the writer closed it sees the data.
+//! Each object carries its owner, group, mode and time as user metadata (extended attributes
+//! for local buckets; see `objects`), and every operation acts as the access point's POSIX user.
+//! Sequential reads run ranged GETs ahead of the reader within a per-mount memory budget
+//! (`prefetch`). Writes go to a staging file on local disk (memory stays bounded however large
+//! the file) and are uploaded when the file is flushed, fsynced or closed, so a reader opening
+//! the file after the writer closed it sees the data. docs/ARCHITECTURE.md has the design.
 
 pub mod fs;
 pub mod helper;
 pub mod objects;
 pub mod prefetch;
+pub mod stream;

@@ -23,6 +23,7 @@ use tracing::warn;
 
 use super::objects::{Objects, Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::prefetch::{Budget, Prefetch};
+use super::stream::{Finished, Streaming};
 
 /// Marker object that keeps an empty directory and carries the directory's attributes.
 pub const DIR_MARKER: &str = ".s3files-dir";
@@ -85,6 +86,8 @@ struct Open {
     prefetch: Option<Arc<Mutex<Prefetch>>>,
     /// A small file's whole content, read by the lookup before this open.
     body: Option<bytes::Bytes>,
+    /// Upload under way while a new file is written front to back.
+    stream: Option<Arc<Mutex<Streaming>>>,
 }
 
 /// How long a directory's listing answers lookups: names it lacks are absent, and its sizes
@@ -682,7 +685,7 @@ impl ObjectFs {
     }
 
     fn flush_handle(&self, fh: u64) -> Result<(), Errno> {
-        let (ino, mut file) = {
+        let (ino, mut file, stream) = {
             let mut t = self.tables();
             let Some(open) = t.handles.get_mut(&fh) else {
                 return Ok(());
@@ -694,10 +697,23 @@ impl ObjectFs {
                 return Ok(());
             };
             open.dirty = false;
-            (open.ino, file)
+            (open.ino, file, open.stream.clone())
         };
         let node = self.node(ino)?;
-        let size = self.upload(&node.path, &mut file, node.posix)?;
+        let streamed = match stream {
+            Some(stream) => {
+                let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
+                let key = self.key(&node.path);
+                self.runtime
+                    .block_on(stream.finish(&self.objects, &file, &key, node.posix))
+                    .map_err(|e| errno_of(&e))?
+            }
+            None => Finished::UploadWhole,
+        };
+        let size = match streamed {
+            Finished::Uploaded(size) => size,
+            Finished::UploadWhole => self.upload(&node.path, &mut file, node.posix)?,
+        };
         self.note(&node.path, Some((Kind::File, size)));
         self.update(ino, |n| {
             n.size = size;
@@ -827,10 +843,16 @@ impl ObjectFs {
                 let open = t.handles.get_mut(&fh.0)?;
                 let file = open.staging.as_ref().and_then(|f| f.try_clone().ok())?;
                 open.dirty = true;
-                Some(file)
+                Some((file, open.stream.clone()))
             });
             match handle_file {
-                Some(file) => file.set_len(size).map_err(|_| Errno::EIO)?,
+                Some((file, stream)) => {
+                    file.set_len(size).map_err(|_| Errno::EIO)?;
+                    if let Some(stream) = stream {
+                        let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
+                        self.runtime.block_on(stream.truncated(size));
+                    }
+                }
                 None => {
                     self.check(&who, &node, W)?;
                     let mut file = if node.size == 0 {
@@ -1336,6 +1358,14 @@ impl Filesystem for ObjectFs {
                 None
             };
             let body = if writing { None } else { self.take_body(ino.0) };
+            // A file written from empty can be uploaded while it is written.
+            let stream = (writing && (truncate || node.size == 0)).then(|| {
+                let posix = Posix {
+                    mtime: None,
+                    ..node.posix
+                };
+                Arc::new(Mutex::new(Streaming::new(self.key(&node.path), posix)))
+            });
             let prefetch = (!writing && body.is_none())
                 .then(|| Arc::new(Mutex::new(Prefetch::new(&self.budget))));
             let mut t = self.tables();
@@ -1349,6 +1379,7 @@ impl Filesystem for ObjectFs {
                     dirty: truncate,
                     prefetch,
                     body,
+                    stream,
                 },
             );
             Ok(fh)
@@ -1375,6 +1406,7 @@ impl Filesystem for ObjectFs {
             let staging = self.new_staging()?;
             let posix = self.new_posix(&who, &parent, S_IFREG | (mode & !umask & 0o7777));
             self.note(&path, Some((Kind::File, 0)));
+            let stream = Arc::new(Mutex::new(Streaming::new(self.key(&path), posix)));
             let (ino, attr) = self.remember(Node {
                 path,
                 size: 0,
@@ -1394,6 +1426,7 @@ impl Filesystem for ObjectFs {
                     dirty: true,
                     prefetch: None,
                     body: None,
+                    stream: Some(stream),
                 },
             );
             Ok((attr, fh))
@@ -1440,16 +1473,29 @@ impl Filesystem for ObjectFs {
         reply: ReplyWrite,
     ) {
         let result = (|| {
-            let file = {
+            let (file, stream) = {
                 let mut t = self.tables();
                 let open = t.handles.get_mut(&fh.0).ok_or(Errno::EBADF)?;
                 open.dirty = true;
-                open.staging
+                let file = open
+                    .staging
                     .as_ref()
                     .and_then(|f| f.try_clone().ok())
-                    .ok_or(Errno::EBADF)?
+                    .ok_or(Errno::EBADF)?;
+                (file, open.stream.clone())
             };
             file.write_all_at(data, offset).map_err(|_| Errno::EIO)?;
+            if let Some(stream) = stream {
+                let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
+                self.runtime.block_on(stream.wrote(
+                    &self.objects,
+                    &file,
+                    offset,
+                    data.len() as u64,
+                    MULTIPART_THRESHOLD,
+                    PART_SIZE,
+                ));
+            }
             let end = offset + data.len() as u64;
             // New data: the upload's time is the modification time again.
             self.update(ino.0, |n| {
