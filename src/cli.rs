@@ -222,7 +222,11 @@ pub struct MountArgs {
     #[arg(long, env = "S3FILES_STORAGE")]
     pub storage: Option<String>,
     /// Log of the background daemon.
-    #[arg(long, default_value = "/tmp/s3files-mount.log")]
+    #[arg(
+        long,
+        env = "S3FILES_MOUNT_LOG",
+        default_value = "/tmp/s3files-mount.log"
+    )]
     pub log_file: std::path::PathBuf,
 }
 

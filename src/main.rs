@@ -25,9 +25,28 @@ use s3files_csi::node::{HelperReadiness, NodeConfig, NodeService, NodeTopology, 
 use s3files_csi::server::{Listener, Services, shutdown_signal};
 use s3files_csi::{client, telemetry};
 
+/// The command line. Installed as `/sbin/mount.s3files` (a link to this binary), it is the
+/// `mount` subcommand with mount(8)'s helper calling convention: `mount.s3files SOURCE TARGET
+/// [-s] [-f] [-n] [-v] [-o OPTIONS]`; the sloppy, fake, no-mtab and verbose flags do not apply.
+fn command_line() -> Cli {
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_os_string());
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new("mount.s3files")) {
+        let rest = argv
+            .drain(1..)
+            .filter(|a| !matches!(a.to_str(), Some("-s" | "-f" | "-n" | "-v")));
+        let head = ["s3files-csi", "mount"].map(std::ffi::OsString::from);
+        return Cli::parse_from(head.into_iter().chain(rest));
+    }
+    Cli::parse()
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = command_line();
     telemetry::init(cli.log.log_format);
     match run(cli.command).await {
         Ok(code) => code,

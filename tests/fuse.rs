@@ -566,3 +566,42 @@ on_both_backends!(
     ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user,
     a_large_file_rewritten_behind_its_uploaded_parts_is_still_right
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_as_mount_s3files_it_takes_the_mount_8_calling_convention() {
+    let w = World::start(Backend::Local).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let helper = dir.path().join("mount.s3files");
+    std::os::unix::fs::symlink(BIN, &helper).expect("link");
+    let target = dir.path().join("mnt");
+    std::fs::create_dir_all(&target).expect("mkdir");
+    let env = common::emulator_env(&w.emu.url);
+    let out = Command::new(&helper)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("S3FILES_MOUNT_LOG", dir.path().join("log"))
+        .arg(format!("{}:/", w.fs))
+        .arg(&target)
+        .args(["-n", "-o", &format!("accesspoint={},tls", w.ap)])
+        .output()
+        .expect("run mount.s3files");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mounted = Mounted {
+        target: target.clone(),
+        _dir: dir,
+    };
+    let t = mounted.target.clone();
+    let bucket = w.bucket.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(t.join("via-mount-8"), b"ok").expect("write");
+        assert_eq!(
+            bucket.get("k8s/vol-a/via-mount-8").as_deref(),
+            Some(&b"ok"[..])
+        );
+    })
+    .await
+    .expect("write");
+}
