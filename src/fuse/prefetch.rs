@@ -1,122 +1,129 @@
 //! Read-ahead for sequential readers.
 //!
 //! The kernel asks for at most 1 MiB per read; one GET per request would leave a sequential
-//! reader waiting a round trip each time. A handle that reads sequentially gets a pipeline of
-//! ranged GETs running ahead of it: chunks grow from 1 MiB to 8 MiB and up to four are in
-//! flight. Memory is bounded per mount: every chunk held (in flight or fetched) takes a share of
-//! the mount's [`Budget`], and a handle that cannot get one reads without read-ahead. A read that
-//! jumps elsewhere drops the pipeline and fetches just what it asked for.
+//! reader waiting a round trip each time. A handle that reads sequentially gets one streaming
+//! GET running ahead of it instead: the body is pulled into a bounded buffer while the reader
+//! consumes it, and when a window ends the next one starts (windows grow from 8 MiB to 1 GiB, so
+//! a large file takes few requests; some S3 servers pay per request in proportion to the object,
+//! not the range). Memory is bounded per mount: a stream holds one share of the mount's
+//! [`Budget`] (16 MiB of buffered body at most), and a handle that cannot get one reads without
+//! read-ahead. A read that jumps elsewhere drops the stream and fetches just what it asked for.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-const FIRST_CHUNK: u64 = 1 << 20;
-const MAX_CHUNK: u64 = 8 << 20;
-const MAX_IN_FLIGHT: usize = 4;
-/// Fetched chunks kept behind the reader: the kernel's parallel reads arrive slightly out of
-/// order.
-const KEEP_BEHIND: usize = 2;
+const FIRST_WINDOW: u64 = 8 << 20;
+const MAX_WINDOW: u64 = 1 << 30;
+/// Budget share of one stream: what its channel can hold ahead of the reader.
+pub const STREAM_BUFFER: u64 = 16 << 20;
+/// Pieces a stream's channel holds; body frames are at most 64 KiB, so at most 16 MiB.
+const CHANNEL_PIECES: usize = 256;
 
-/// Read-ahead memory of one mount, counted in whole `MAX_CHUNK`s.
+/// Read-ahead memory of one mount, in whole stream buffers.
 #[derive(Clone)]
 pub struct Budget(Arc<Semaphore>);
 
 impl Budget {
     pub fn new(bytes: u64) -> Self {
-        Budget(Arc::new(Semaphore::new((bytes / MAX_CHUNK) as usize)))
+        Budget(Arc::new(Semaphore::new((bytes / STREAM_BUFFER) as usize)))
     }
 
-    /// Chunks not taken.
+    /// Streams that could still start.
     pub fn available(&self) -> usize {
         self.0.available_permits()
     }
 }
 
-struct Fetched {
-    start: u64,
-    bytes: Bytes,
-    _permit: OwnedSemaphorePermit,
+/// A streaming GET of `start..end` feeding a channel.
+struct Stream {
+    /// Next byte the channel will deliver.
+    next: u64,
+    end: u64,
+    rx: mpsc::Receiver<object_store::Result<Bytes>>,
+    task: JoinHandle<()>,
 }
 
-struct InFlight {
-    start: u64,
-    task: JoinHandle<object_store::Result<Bytes>>,
-    permit: OwnedSemaphorePermit,
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Read-ahead state of one open file.
 pub struct Prefetch {
     budget: Budget,
+    permit: Option<OwnedSemaphorePermit>,
     /// Where the previous read ended.
     last_end: Option<u64>,
-    fetched: VecDeque<Fetched>,
-    in_flight: VecDeque<InFlight>,
-    /// End of the last chunk scheduled.
-    scheduled_to: u64,
-    next_chunk: u64,
-}
-
-impl Drop for Prefetch {
-    fn drop(&mut self) {
-        self.reset();
-    }
+    stream: Option<Stream>,
+    /// Bytes received and not yet read, starting at `pending_at`.
+    pending: VecDeque<Bytes>,
+    pending_at: u64,
+    window: u64,
 }
 
 impl Prefetch {
     pub fn new(budget: &Budget) -> Self {
         Prefetch {
             budget: budget.clone(),
+            permit: None,
             last_end: None,
-            fetched: VecDeque::new(),
-            in_flight: VecDeque::new(),
-            scheduled_to: 0,
-            next_chunk: FIRST_CHUNK,
+            stream: None,
+            pending: VecDeque::new(),
+            pending_at: 0,
+            window: FIRST_WINDOW,
         }
     }
 
     fn reset(&mut self) {
-        for f in self.in_flight.drain(..) {
-            f.task.abort();
-        }
-        self.fetched.clear();
-        self.next_chunk = FIRST_CHUNK;
+        self.stream = None;
+        self.pending.clear();
+        self.permit = None;
+        self.window = FIRST_WINDOW;
     }
 
-    /// Whether the pipeline holds or is fetching `pos`.
-    fn covers(&self, pos: u64) -> bool {
-        let start = self
-            .fetched
-            .front()
-            .map(|f| f.start)
-            .or_else(|| self.in_flight.front().map(|f| f.start));
-        matches!(start, Some(s) if s <= pos && pos < self.scheduled_to)
-    }
-
-    /// Schedules chunks from `scheduled_to` while budget and the in-flight cap allow.
-    fn top_up(&mut self, store: &Arc<dyn ObjectStore>, key: &ObjectPath, file_size: u64) {
-        while self.in_flight.len() < MAX_IN_FLIGHT && self.scheduled_to < file_size {
-            let Ok(permit) = self.budget.0.clone().try_acquire_owned() else {
-                break;
+    /// Starts a streaming GET at `start`.
+    fn start(&mut self, store: &Arc<dyn ObjectStore>, key: &ObjectPath, start: u64, size: u64) {
+        let end = (start + self.window).min(size);
+        self.window = (self.window * 4).min(MAX_WINDOW);
+        let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
+        let (store, key) = (store.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            let opts = GetOptions {
+                range: Some(GetRange::Bounded(start..end)),
+                ..Default::default()
             };
-            let start = self.scheduled_to;
-            let end = (start + self.next_chunk).min(file_size);
-            let (store, key) = (store.clone(), key.clone());
-            let task = tokio::spawn(async move { store.get_range(&key, start..end).await });
-            self.in_flight.push_back(InFlight {
-                start,
-                task,
-                permit,
-            });
-            self.scheduled_to = end;
-            self.next_chunk = (self.next_chunk * 2).min(MAX_CHUNK);
-        }
+            let mut body = match store.get_opts(&key, opts).await {
+                Ok(got) => got.into_stream(),
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(piece) = body.next().await {
+                let failed = piece.is_err();
+                // A full channel holds the GET back: the buffer stays bounded.
+                if tx.send(piece).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        self.pending.clear();
+        self.pending_at = start;
+        self.stream = Some(Stream {
+            next: start,
+            end,
+            rx,
+            task,
+        });
     }
 
     /// Reads `range` (within a file of `file_size` bytes) at `key`.
@@ -129,63 +136,70 @@ impl Prefetch {
     ) -> object_store::Result<Vec<u8>> {
         let sequential = range.start == 0 || self.last_end == Some(range.start);
         self.last_end = Some(range.end);
-        if !self.covers(range.start) {
+        let covered = self.stream.is_some()
+            && range.start >= self.pending_at
+            && range.start <= self.stream.as_ref().map_or(0, |s| s.end);
+        if !covered {
             self.reset();
             if !sequential {
                 return Ok(store.get_range(key, range).await?.to_vec());
             }
-            self.scheduled_to = range.start;
-            self.top_up(store, key, file_size);
-            if self.in_flight.is_empty() {
-                // No budget left on this mount: read without read-ahead.
-                return Ok(store.get_range(key, range).await?.to_vec());
+            match self.budget.0.clone().try_acquire_owned() {
+                Ok(permit) => self.permit = Some(permit),
+                // No read-ahead memory left on this mount: read just what was asked.
+                Err(_) => return Ok(store.get_range(key, range).await?.to_vec()),
             }
+            self.start(store, key, range.start, file_size);
         }
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
         let mut pos = range.start;
         while pos < range.end {
-            if let Some(f) = self
-                .fetched
-                .iter()
-                .find(|f| f.start <= pos && pos < f.start + f.bytes.len() as u64)
-            {
-                let from = (pos - f.start) as usize;
-                let to = ((range.end - f.start) as usize).min(f.bytes.len());
-                out.extend_from_slice(&f.bytes[from..to]);
-                pos = f.start + to as u64;
+            // Drop what lies before `pos`.
+            while let Some(front) = self.pending.front() {
+                let front_end = self.pending_at + front.len() as u64;
+                if front_end <= pos {
+                    self.pending_at = front_end;
+                    self.pending.pop_front();
+                } else {
+                    break;
+                }
+            }
+            if let Some(front) = self.pending.front() {
+                let from = (pos - self.pending_at) as usize;
+                let to = ((range.end - self.pending_at) as usize).min(front.len());
+                out.extend_from_slice(&front[from..to]);
+                pos = self.pending_at + to as u64;
                 continue;
             }
-            let Some(next) = self.in_flight.pop_front() else {
-                // Ran past the pipeline (a read beyond what was scheduled): fetch the rest.
-                out.extend_from_slice(&store.get_range(key, pos..range.end).await?);
+            // Need more: from the stream, or a new window where the last one ended.
+            let exhausted = self.stream.as_ref().is_none_or(|s| s.next >= s.end);
+            if exhausted {
+                let at = self.pending_at.max(pos);
+                if at >= file_size {
+                    break;
+                }
+                self.start(store, key, at, file_size);
+            }
+            let Some(stream) = self.stream.as_mut() else {
                 break;
             };
-            let bytes = match next.task.await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) => {
+            match stream.rx.recv().await {
+                Some(Ok(piece)) => {
+                    stream.next += piece.len() as u64;
+                    self.pending.push_back(piece);
+                }
+                Some(Err(e)) => {
                     self.reset();
                     return Err(e);
                 }
-                Err(join) => {
-                    self.reset();
-                    return Err(object_store::Error::Generic {
-                        store: "prefetch",
-                        source: Box::new(join),
-                    });
+                None => {
+                    // The GET ended early (the object shrank): serve what there is.
+                    stream.next = stream.end;
+                    if self.pending.is_empty() {
+                        break;
+                    }
                 }
-            };
-            if bytes.is_empty() {
-                break;
             }
-            self.fetched.push_back(Fetched {
-                start: next.start,
-                bytes,
-                _permit: next.permit,
-            });
-            while self.fetched.len() > KEEP_BEHIND {
-                self.fetched.pop_front();
-            }
-            self.top_up(store, key, file_size);
         }
         Ok(out)
     }
@@ -214,10 +228,7 @@ mod tests {
         let step = 1 << 20;
         while pos < len as u64 {
             let end = (pos + step + 123).min(len as u64);
-            let got = p
-                .read(&store, &key, pos..end, len as u64)
-                .await
-                .expect("read");
+            let got = p.read(&store, &key, pos..end, len as u64).await.expect("read");
             assert_eq!(got, data[pos as usize..end as usize], "at {pos}");
             pos = end;
         }
@@ -233,26 +244,16 @@ mod tests {
         let len = 40 << 20;
         let (store, key, data) = store_with(len).await;
         let budget = Budget::new(16 << 20);
-        assert_eq!(budget.available(), 2);
+        assert_eq!(budget.available(), 1);
         let mut a = Prefetch::new(&budget);
         let mut b = Prefetch::new(&budget);
-        let got = a
-            .read(&store, &key, 0..4096, len as u64)
-            .await
-            .expect("read");
+        let got = a.read(&store, &key, 0..4096, len as u64).await.expect("read");
         assert_eq!(got, data[..4096]);
-        assert_eq!(
-            budget.available(),
-            0,
-            "two chunks taken by the first reader"
-        );
+        assert_eq!(budget.available(), 0, "the first reader's stream holds the budget");
         // The second reader gets no budget and still reads correctly.
-        let got = b
-            .read(&store, &key, 0..4096, len as u64)
-            .await
-            .expect("read");
+        let got = b.read(&store, &key, 0..4096, len as u64).await.expect("read");
         assert_eq!(got, data[..4096]);
         drop(a);
-        assert_eq!(budget.available(), 2, "closing a file returns its share");
+        assert_eq!(budget.available(), 1, "closing a file returns its share");
     }
 }
