@@ -14,6 +14,7 @@ pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod fuse;
+pub mod http1;
 pub mod identity;
 pub mod metrics;
 pub mod mount;

@@ -72,24 +72,10 @@ pub fn parse(source: &str, target: &Path, options: Option<&str>) -> anyhow::Resu
 
 /// Asks the emulator where bucket data lives (`GET /_emulator/storage`).
 async fn emulator_storage(endpoint: &str) -> anyhow::Result<DataLocation> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hostport = endpoint
-        .strip_prefix("http://")
-        .context("the emulator endpoint must be http://HOST:PORT")?;
-    let hostport = hostport.trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(hostport)
+    let (status, body) = crate::http1::request(endpoint, "GET", "/_emulator/storage", "")
         .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
-    let request =
-        format!("GET /_emulator/storage HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed answer from the emulator")?;
-    if !head.starts_with("HTTP/1.1 200") {
+        .with_context(|| format!("asking {endpoint} where bucket data lives"))?;
+    if status != 200 {
         bail!(
             "{endpoint} did not say where bucket data lives (is it the s3files-csi emulator?); pass --storage"
         );
