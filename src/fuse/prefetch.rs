@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 
 const FIRST_WINDOW: u64 = 8 << 20;
 const MAX_WINDOW: u64 = 1 << 30;
+/// Bytes kept behind the reader for reads that arrive out of order.
+const KEEP_BEHIND: u64 = 4 << 20;
 /// Budget share of one stream: what its channel can hold ahead of the reader.
 pub const STREAM_BUFFER: u64 = 16 << 20;
 /// Pieces a stream's channel holds; body frames are at most 64 KiB, so at most 16 MiB.
@@ -90,8 +92,16 @@ impl Prefetch {
         self.window = FIRST_WINDOW;
     }
 
-    /// Starts a streaming GET at `start`.
-    fn start(&mut self, store: &Arc<dyn ObjectStore>, key: &ObjectPath, start: u64, size: u64) {
+    /// Starts a streaming GET at `start`; `continues` keeps what was received before it (the
+    /// next window of the same reader).
+    fn start(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &ObjectPath,
+        start: u64,
+        size: u64,
+        continues: bool,
+    ) {
         let end = (start + self.window).min(size);
         self.window = (self.window * 4).min(MAX_WINDOW);
         let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
@@ -116,8 +126,10 @@ impl Prefetch {
                 }
             }
         });
-        self.pending.clear();
-        self.pending_at = start;
+        if !continues {
+            self.pending.clear();
+            self.pending_at = start;
+        }
         self.stream = Some(Stream {
             next: start,
             end,
@@ -149,36 +161,51 @@ impl Prefetch {
                 // No read-ahead memory left on this mount: read just what was asked.
                 Err(_) => return Ok(store.get_range(key, range).await?.to_vec()),
             }
-            self.start(store, key, range.start, file_size);
+            self.start(store, key, range.start, file_size, false);
         }
         let mut out = Vec::with_capacity((range.end - range.start) as usize);
         let mut pos = range.start;
         while pos < range.end {
-            // Drop what lies before `pos`.
+            // Keep a little behind the reader: the kernel's parallel reads arrive slightly out
+            // of order, and a read just behind must not restart the stream.
             while let Some(front) = self.pending.front() {
                 let front_end = self.pending_at + front.len() as u64;
-                if front_end <= pos {
+                if front_end + KEEP_BEHIND <= pos {
                     self.pending_at = front_end;
                     self.pending.pop_front();
                 } else {
                     break;
                 }
             }
-            if let Some(front) = self.pending.front() {
-                let from = (pos - self.pending_at) as usize;
-                let to = ((range.end - self.pending_at) as usize).min(front.len());
-                out.extend_from_slice(&front[from..to]);
-                pos = self.pending_at + to as u64;
+            // The piece holding `pos`, if received.
+            let mut at = self.pending_at;
+            let mut found = None;
+            for piece in &self.pending {
+                let end = at + piece.len() as u64;
+                if pos < end {
+                    found = Some((at, piece.clone()));
+                    break;
+                }
+                at = end;
+            }
+            if let Some((start, piece)) = found {
+                let from = (pos - start) as usize;
+                let to = ((range.end - start) as usize).min(piece.len());
+                out.extend_from_slice(&piece[from..to]);
+                pos = start + to as u64;
                 continue;
             }
             // Need more: from the stream, or a new window where the last one ended.
             let exhausted = self.stream.as_ref().is_none_or(|s| s.next >= s.end);
             if exhausted {
-                let at = self.pending_at.max(pos);
+                let received_to =
+                    self.pending_at + self.pending.iter().map(|b| b.len() as u64).sum::<u64>();
+                let at = received_to.max(pos);
                 if at >= file_size {
                     break;
                 }
-                self.start(store, key, at, file_size);
+                // Contiguous with what was received: keep it; otherwise start afresh there.
+                self.start(store, key, at, file_size, at == received_to);
             }
             let Some(stream) = self.stream.as_mut() else {
                 break;
@@ -228,9 +255,21 @@ mod tests {
         let step = 1 << 20;
         while pos < len as u64 {
             let end = (pos + step + 123).min(len as u64);
-            let got = p.read(&store, &key, pos..end, len as u64).await.expect("read");
+            let got = p
+                .read(&store, &key, pos..end, len as u64)
+                .await
+                .expect("read");
             assert_eq!(got, data[pos as usize..end as usize], "at {pos}");
             pos = end;
+        }
+        // Slightly out of order, as the kernel's parallel reads arrive.
+        for (a, b) in [
+            (9u64 << 20, 10 << 20),
+            (8 << 20, 9 << 20),
+            (10 << 20, 11 << 20),
+        ] {
+            let got = p.read(&store, &key, a..b, len as u64).await.expect("read");
+            assert_eq!(got, data[a as usize..b as usize]);
         }
         // A jump backwards, then forwards.
         for (a, b) in [(5u64, 1000u64), (20 << 20, (20 << 20) + 4096), (7, 9)] {
@@ -247,11 +286,21 @@ mod tests {
         assert_eq!(budget.available(), 1);
         let mut a = Prefetch::new(&budget);
         let mut b = Prefetch::new(&budget);
-        let got = a.read(&store, &key, 0..4096, len as u64).await.expect("read");
+        let got = a
+            .read(&store, &key, 0..4096, len as u64)
+            .await
+            .expect("read");
         assert_eq!(got, data[..4096]);
-        assert_eq!(budget.available(), 0, "the first reader's stream holds the budget");
+        assert_eq!(
+            budget.available(),
+            0,
+            "the first reader's stream holds the budget"
+        );
         // The second reader gets no budget and still reads correctly.
-        let got = b.read(&store, &key, 0..4096, len as u64).await.expect("read");
+        let got = b
+            .read(&store, &key, 0..4096, len as u64)
+            .await
+            .expect("read");
         assert_eq!(got, data[..4096]);
         drop(a);
         assert_eq!(budget.available(), 1, "closing a file returns its share");
