@@ -3,9 +3,8 @@
 //! The kernel asks for at most 1 MiB per read; one GET per request would leave a sequential
 //! reader waiting a round trip each time. A handle that reads sequentially gets one streaming
 //! GET running ahead of it instead: the body is pulled into a bounded buffer while the reader
-//! consumes it, and when a window ends the next one starts (windows grow from 8 MiB to 1 GiB, so
-//! a large file takes few requests; some S3 servers pay per request in proportion to the object,
-//! not the range). Memory is bounded per mount: a stream holds one share of the mount's
+//! consumes it: the first 8 MiB, then the rest of the file in one request, so a large file takes
+//! two requests (some S3 servers pay per request in proportion to the object, not the range). Memory is bounded per mount: a stream holds one share of the mount's
 //! [`Budget`] (16 MiB of buffered body at most), and a handle that cannot get one reads without
 //! read-ahead. A read that jumps elsewhere drops the stream and fetches just what it asked for.
 
@@ -21,7 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
 const FIRST_WINDOW: u64 = 8 << 20;
-const MAX_WINDOW: u64 = 1 << 30;
+/// Marks that the first window was taken: later ones run to the end of the file.
+const MAX_WINDOW: u64 = u64::MAX;
 /// Bytes kept behind the reader for reads that arrive out of order.
 const KEEP_BEHIND: u64 = 4 << 20;
 /// Budget share of one stream: what its channel can hold ahead of the reader.
@@ -102,13 +102,26 @@ impl Prefetch {
         size: u64,
         continues: bool,
     ) {
-        let end = (start + self.window).min(size);
-        self.window = (self.window * 4).min(MAX_WINDOW);
+        // The first window is bounded (a reader may stop after a header); once the reader has
+        // shown it goes on, the rest of the file comes in one request, held back by the
+        // channel. Servers that pay per request in proportion to the object (moto) then pay
+        // twice per file, not once per window.
+        let end = if self.window == FIRST_WINDOW {
+            (start + FIRST_WINDOW).min(size)
+        } else {
+            size
+        };
+        self.window = MAX_WINDOW;
         let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
         let (store, key) = (store.clone(), key.clone());
         let task = tokio::spawn(async move {
+            let range = if start == 0 && end == size {
+                None
+            } else {
+                Some(GetRange::Bounded(start..end))
+            };
             let opts = GetOptions {
-                range: Some(GetRange::Bounded(start..end)),
+                range,
                 ..Default::default()
             };
             let mut body = match store.get_opts(&key, opts).await {
