@@ -290,6 +290,12 @@ pub struct EmulatorArgs {
     )]
     pub bucket_dir: std::path::PathBuf,
 
+    /// Create this file system at start unless it exists, available, with a mount target in
+    /// every zone: FS_ID=BUCKET_ARN (repeatable). With --bucket-endpoint the bucket is created
+    /// there too (versioned), for servers that take unsigned requests such as moto.
+    #[arg(long, value_parser = parse_key_value, help_heading = "Bucket data")]
+    pub preset_file_system: Vec<(String, String)>,
+
     /// Buckets live on this S3-compatible endpoint instead of --bucket-dir.
     #[arg(long, help_heading = "Bucket data")]
     pub bucket_endpoint: Option<String>,

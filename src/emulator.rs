@@ -290,6 +290,79 @@ impl Emulator {
         }
     }
 
+    /// Makes sure file system `id` exists over `bucket_arn`, available, with a mount target in
+    /// every emulated zone, so deployments (the chart's local profile) can name it in a
+    /// StorageClass before anything runs. Idempotent: an existing `id` is left as it is.
+    pub fn preset_file_system(&self, id: &str, bucket_arn: &str) -> anyhow::Result<()> {
+        validate::file_system_id("--preset-file-system", id)
+            .map_err(|e| anyhow::anyhow!("{}", e.0))?;
+        let fail = |e: ApiError| anyhow::anyhow!("presetting {id}: {}", e.message);
+        self.execute(|state, settings, ids, now| {
+            if state.file_systems.contains_key(id) {
+                return Ok(Outcome {
+                    changes: vec![],
+                    answer: (200, Value::Null),
+                });
+            }
+            let request = model::CreateFileSystemRequest {
+                bucket: Some(bucket_arn.to_owned()),
+                role_arn: Some(format!(
+                    "arn:aws:iam::{}:role/s3files-local",
+                    settings.account_id
+                )),
+                client_token: Some(format!("preset-{id}")),
+                ..Default::default()
+            };
+            let mut outcome = state.create_file_system(settings, ids, request, now)?;
+            for change in &mut outcome.changes {
+                if let store::Change::PutFileSystem(fs) = change {
+                    fs.arn = fs.arn.replace(&fs.id, id);
+                    fs.id = id.to_owned();
+                    fs.available_at = now;
+                }
+            }
+            Ok(outcome)
+        })
+        .map_err(fail)?;
+        let zones = self.settings.zone_ids.clone();
+        for zone in zones {
+            // The first subnet id that the emulator maps into this zone.
+            let Some(subnet) = (1..10_000u32)
+                .map(|i| format!("subnet-{i:017x}"))
+                .find(|s| self.settings.zone_of(s) == zone)
+            else {
+                continue;
+            };
+            self.execute(|state, settings, ids, now| {
+                let exists = state
+                    .mount_targets
+                    .values()
+                    .any(|m| m.file_system_id == id && m.availability_zone_id == zone);
+                if exists {
+                    return Ok(Outcome {
+                        changes: vec![],
+                        answer: (200, Value::Null),
+                    });
+                }
+                let request = model::CreateMountTargetRequest {
+                    file_system_id: Some(id.to_owned()),
+                    subnet_id: Some(subnet.clone()),
+                    ..Default::default()
+                };
+                let mut outcome = state.create_mount_target(settings, ids, request, now)?;
+                for change in &mut outcome.changes {
+                    if let store::Change::PutMountTarget(mt) = change {
+                        mt.available_at = now;
+                    }
+                }
+                Ok(outcome)
+            })
+            .map_err(fail)?;
+        }
+        info!(file_system = id, bucket = bucket_arn, "file system preset");
+        Ok(())
+    }
+
     /// Number of access points currently stored (for tests and benchmarks).
     pub fn access_point_count(&self) -> usize {
         self.inner

@@ -230,9 +230,29 @@ async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
+    let presets = args.preset_file_system.clone();
+    let bucket_endpoint = args.bucket_endpoint.clone();
     let config = emulator_config(args)?;
     let listen = config.1;
     let emu = Emulator::new(config.0)?;
+    for (id, bucket) in &presets {
+        if let Some(endpoint) = &bucket_endpoint {
+            let name = s3files_csi::data::bucket_name(bucket)?;
+            // The object store may still be starting (a pod next to this one): retry a while.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                match s3files_csi::http1::ensure_versioned_bucket(endpoint, name).await {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::info!(error = %format!("{e:#}"), "waiting for the object store");
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        emu.preset_file_system(id, bucket)?;
+    }
     emu.serve(listen, shutdown_signal(), |_| {}).await?;
     Ok(ExitCode::SUCCESS)
 }

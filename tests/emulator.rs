@@ -433,3 +433,60 @@ async fn policies_and_tags_round_trip() {
     assert_eq!(err.code(), Some("ValidationException"));
     emu.stop().await;
 }
+
+#[tokio::test]
+async fn a_preset_file_system_is_ready_with_its_versioned_bucket_and_survives_restarts() {
+    let store = common::s3server::S3Server::start().await;
+    let state = tempfile::tempdir().expect("state");
+    let port = free_port();
+    let fs_id = "fs-0000000000000000a";
+    let start = || {
+        Command::new(BIN)
+            .args(["emulator", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--bucket-endpoint", &store.url])
+            .args([
+                "--preset-file-system",
+                &format!("{fs_id}=arn:aws:s3:::preset-bucket"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn emulator")
+    };
+    let client = sdk_client(&format!("http://127.0.0.1:{port}"), 3);
+    for round in 0..2 {
+        let mut child = start();
+        wait_up(&client).await;
+        let fs = client
+            .get_file_system()
+            .file_system_id(fs_id)
+            .send()
+            .await
+            .expect("the preset file system");
+        assert_eq!(fs.status().map(|s| s.as_str()), Some("available"));
+        let listed = client.list_file_systems().send().await.expect("list");
+        assert_eq!(listed.file_systems().len(), 1, "round {round}: exactly one");
+        let targets = client
+            .list_mount_targets()
+            .file_system_id(fs_id)
+            .send()
+            .await
+            .expect("mount targets");
+        let mut zones: Vec<_> = targets
+            .mount_targets()
+            .iter()
+            .filter_map(|m| m.availability_zone_id().map(str::to_owned))
+            .collect();
+        zones.sort();
+        assert_eq!(zones, ["use1-az1", "use1-az2", "use1-az3"]);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (status, body) =
+        common::emulator::http_request(store.addr, "GET", "/preset-bucket?versioning", "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("<Status>Enabled</Status>"), "{body}");
+}
