@@ -685,4 +685,3 @@ async fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
-

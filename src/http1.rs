@@ -6,7 +6,12 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Sends one request to `base` (`http://HOST:PORT`) and returns the status and body.
-pub async fn request(base: &str, method: &str, path: &str, body: &str) -> anyhow::Result<(u16, String)> {
+pub async fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let Some(hostport) = base.strip_prefix("http://") else {
         bail!("{base} is not http://HOST:PORT");
     };
