@@ -545,20 +545,7 @@ async fn main() -> anyhow::Result<()> {
         faults: FaultConfig::default(),
         seed: Some(1),
     })?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let serving = emu.clone();
-    tokio::spawn(async move {
-        let _ = serving
-            .serve(
-                "127.0.0.1:0".parse().expect("addr"),
-                std::future::pending(),
-                move |addr| {
-                    let _ = tx.send(addr);
-                },
-            )
-            .await;
-    });
-    let emulator_url = format!("http://{}", rx.await?);
+    let emulator_url = format!("http://{}", emu.serve_on_loopback().await?);
     let sdk = {
         use aws_sdk_s3files::config::{BehaviorVersion, Credentials, Region};
         aws_sdk_s3files::Client::from_conf(

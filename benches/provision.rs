@@ -110,20 +110,7 @@ async fn main() -> anyhow::Result<()> {
         faults: FaultConfig::default(),
         seed: Some(1),
     })?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let serving = emu.clone();
-    tokio::spawn(async move {
-        let _ = serving
-            .serve(
-                "127.0.0.1:0".parse().expect("addr"),
-                std::future::pending(),
-                move |addr| {
-                    let _ = tx.send(addr);
-                },
-            )
-            .await;
-    });
-    let url = format!("http://{}", rx.await?);
+    let url = format!("http://{}", emu.serve_on_loopback().await?);
     let cloud = AwsS3Files::new(sdk(&url), None);
     let fs = cloud
         .create_file_system(&NewFileSystem {

@@ -265,6 +265,22 @@ impl Emulator {
 
     /// Binds `listen` and serves until `shutdown` resolves. Returns the bound address first
     /// through `on_bound` (useful with port 0).
+    /// Serves on a free loopback port in a background task, for as long as the process runs
+    /// (benchmarks); returns the address once it listens.
+    pub async fn serve_on_loopback(self: &Arc<Self>) -> anyhow::Result<SocketAddr> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let serving = self.clone();
+        tokio::spawn(async move {
+            let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+            let _ = serving
+                .serve(listen, std::future::pending(), move |addr| {
+                    let _ = tx.send(addr);
+                })
+                .await;
+        });
+        Ok(rx.await?)
+    }
+
     pub async fn serve(
         self: Arc<Self>,
         listen: SocketAddr,

@@ -401,6 +401,18 @@ impl ObjectFs {
         (ino, attr)
     }
 
+    /// Remembers what this mount just created at `path`.
+    fn created(&self, path: String, size: u64, posix: Posix) -> FileAttr {
+        self.remember(Node {
+            path,
+            size,
+            mtime: SystemTime::now(),
+            posix,
+            seen: Instant::now(),
+        })
+        .1
+    }
+
     fn forget_path(&self, path: &str) {
         let mut t = self.tables();
         if let Some(ino) = t.by_path.remove(path) {
@@ -1030,10 +1042,7 @@ impl Filesystem for ObjectFs {
                 None => self.remember(node).1,
             })
         })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, result);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1120,20 +1129,9 @@ impl Filesystem for ObjectFs {
             self.tables()
                 .dir_cache
                 .insert(path.clone(), DirEntries::empty());
-            Ok(self
-                .remember(Node {
-                    path,
-                    size: 0,
-                    mtime: SystemTime::now(),
-                    posix,
-                    seen: Instant::now(),
-                })
-                .1)
+            Ok(self.created(path, 0, posix))
         })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, result);
     }
 
     fn symlink(
@@ -1164,20 +1162,9 @@ impl Filesystem for ObjectFs {
                 )
                 .map_err(|e| errno_of(&e))?;
             self.note(&path, Some((Kind::Symlink, size)));
-            Ok(self
-                .remember(Node {
-                    path,
-                    size,
-                    mtime: SystemTime::now(),
-                    posix,
-                    seen: Instant::now(),
-                })
-                .1)
+            Ok(self.created(path, size, posix))
         })();
-        match result {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, result);
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1658,6 +1645,14 @@ impl Filesystem for ObjectFs {
         // An elastic file system: report 8 EiB, as NFS clients of S3 Files see.
         let blocks = 1u64 << 51;
         reply.statfs(blocks, blocks, blocks, 1 << 40, 1 << 40, 4096, 255, 4096);
+    }
+}
+
+/// Answers a lookup or a creation.
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
     }
 }
 
