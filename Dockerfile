@@ -3,8 +3,8 @@
 #   docker build --target production -t s3files-csi-driver .   # EKS: our binary + amazon-efs-utils
 #   docker build --target local -t s3files-csi-driver-local .   # kind/CI: our binary as mount.s3files
 #
-# Base images are named by tag here; hack/pin-images.sh rewrites these ARGs to tag@digest (it
-# needs registry access, so it runs where docker does, e.g. in the e2e workflow).
+# TODO(#7): pin the base images by digest (tag@sha256:...). Resolving digests needs registry
+# access, which the machines this was written on do not have.
 ARG RUST_IMAGE=docker.io/library/rust:1.95-slim-bookworm
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 # amazon-efs-utils release whose source is built (3.x: mount.s3files, efs-proxy).
