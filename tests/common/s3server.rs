@@ -55,14 +55,11 @@ impl S3Server {
     /// Creates `bucket` with versioning on, as S3 Files requires (moto does not check
     /// signatures, so bare requests do).
     pub async fn create_bucket(&self, bucket: &str) {
-        use super::emulator::http_request;
-        let (status, body) = http_request(self.addr, "PUT", &format!("/{bucket}"), "").await;
-        assert_eq!(status, 200, "create bucket {bucket}: {body}");
-        let versioning = r#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#;
+        s3files_csi::http1::ensure_versioned_bucket(&self.url, bucket)
+            .await
+            .expect("create the bucket, versioned");
         let path = format!("/{bucket}?versioning");
-        let (status, body) = http_request(self.addr, "PUT", &path, versioning).await;
-        assert_eq!(status, 200, "versioning {bucket}: {body}");
-        let (_, body) = http_request(self.addr, "GET", &path, "").await;
+        let (_, body) = super::emulator::http_request(self.addr, "GET", &path, "").await;
         assert!(body.contains("<Status>Enabled</Status>"), "{body}");
     }
 
