@@ -1353,7 +1353,7 @@ impl Filesystem for ObjectFs {
                 };
                 Arc::new(Mutex::new(Streaming::new(self.key(&node.path), posix)))
             });
-            let prefetch = (!writing && body.is_none())
+            let prefetch = (!writing && body.is_none() && !self.objects.is_local())
                 .then(|| Arc::new(Mutex::new(Prefetch::new(&self.budget))));
             let mut t = self.tables();
             let fh = t.next_fh;

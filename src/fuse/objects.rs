@@ -171,6 +171,12 @@ impl Objects {
         &self.store
     }
 
+    /// Whether the bucket is a local directory: reads are plain file reads, so a ranged read
+    /// per request beats a streamed body (the local store streams in 8 KiB pieces).
+    pub fn is_local(&self) -> bool {
+        self.local.is_some()
+    }
+
     /// Whether attributes can change without rewriting the object.
     pub fn attributes_in_place(&self) -> bool {
         self.local.is_some()
