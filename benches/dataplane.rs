@@ -34,7 +34,6 @@ use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config, Emulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3files-csi");
-const BUCKET: &str = "bench";
 const KEY_ID: &str = "AKIDBENCH";
 const SECRET: &str = "benchsecret";
 const SMALL_SIZE: usize = 4096;
@@ -111,6 +110,7 @@ impl Tool {
 
 struct Setup {
     s3_url: String,
+    bucket: String,
     emulator_url: String,
     fs_id: String,
     ap_id: String,
@@ -172,7 +172,7 @@ fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<PathBuf> {
             std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600))?;
             run(
                 Command::new("s3fs")
-                    .arg(BUCKET)
+                    .arg(&s.bucket)
                     .arg(&target)
                     .args(["-o", &format!("url={}", s.s3_url)])
                     .args(["-o", "use_path_request_style"])
@@ -192,7 +192,7 @@ fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<PathBuf> {
                 .env("RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY", SECRET)
                 .env("RCLONE_CONFIG_BENCH_REGION", "us-east-1")
                 .arg("mount")
-                .arg(format!("bench:{BUCKET}"))
+                .arg(format!("bench:{}", s.bucket))
                 .arg(&target)
                 .arg("--daemon")
                 .args([
@@ -508,39 +508,67 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let a = args();
-    let (moto, s3_url) = match &a.s3_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            let (child, url) = start_moto()?;
-            (Some(child), url)
-        }
-    };
-    if moto.is_some() {
+/// One measurement's S3 server and bucket: a fresh `moto_server` per tool (moto lists by
+/// scanning its whole bucket and keeps every object in one process, so a shared server would
+/// favour whoever runs first), or a bucket of its own on the server given by `--s3-url`.
+struct Server {
+    child: Option<Child>,
+    url: String,
+    bucket: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Server {
+    async fn start(a: &Args, name: &str) -> anyhow::Result<Server> {
+        let (child, url) = match &a.s3_url {
+            Some(url) => (None, url.clone()),
+            None => {
+                let (child, url) = start_moto()?;
+                (Some(child), url)
+            }
+        };
+        let bucket = format!("bench-{name}");
         // Versioned, as S3 Files requires of its buckets (rclone also relies on it with moto:
         // it checks uploads by version id).
-        s3files_csi::http1::ensure_versioned_bucket(&s3_url, BUCKET).await?;
+        s3files_csi::http1::ensure_versioned_bucket(&url, &bucket).await?;
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&url)
+                .with_allow_http(true)
+                .with_bucket_name(&bucket)
+                .with_region("us-east-1")
+                .with_access_key_id(KEY_ID)
+                .with_secret_access_key(SECRET)
+                .build()?,
+        );
+        Ok(Server {
+            child,
+            url,
+            bucket,
+            store,
+        })
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        AmazonS3Builder::new()
-            .with_endpoint(&s3_url)
-            .with_allow_http(true)
-            .with_bucket_name(BUCKET)
-            .with_region("us-east-1")
-            .with_access_key_id(KEY_ID)
-            .with_secret_access_key(SECRET)
-            .build()?,
-    );
+}
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An emulated file system on `server`'s bucket with one access point (root `/ours`), as the
+/// driver would provision it; the emulator serves until the returned handle is dropped.
+async fn emulated(server: &Server) -> anyhow::Result<(Arc<Emulator>, Setup)> {
     let mut settings = Settings::for_region("us-east-1");
     settings.ready_after = 0.0;
     let emu = Emulator::new(Config {
         settings,
         state_dir: None,
         buckets: BucketStore::S3 {
-            endpoint: s3_url.clone(),
+            endpoint: server.url.clone(),
         },
         faults: FaultConfig::default(),
         seed: Some(1),
@@ -560,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
     let cloud = AwsS3Files::new(sdk, None);
     let fs = cloud
         .create_file_system(&NewFileSystem {
-            bucket_arn: format!("arn:aws:s3:::{BUCKET}"),
+            bucket_arn: format!("arn:aws:s3:::{}", server.bucket),
             prefix: None,
             role_arn: "arn:aws:iam::123456789012:role/bench".into(),
             client_token: None,
@@ -577,32 +605,36 @@ async fn main() -> anyhow::Result<()> {
             tags: vec![],
         })
         .await?;
-    let setup = Arc::new(Setup {
-        s3_url: s3_url.clone(),
+    let setup = Setup {
+        s3_url: server.url.clone(),
+        bucket: server.bucket.clone(),
         emulator_url,
         fs_id: fs.id,
         ap_id: ap.id,
         dir: tempfile::tempdir()?,
-    });
+    };
+    Ok((emu, setup))
+}
 
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = args();
     println!(
         "data-plane benchmark: {} MiB sequential, {} small files of {} KiB, {} entries listed; S3 server {}",
         a.size_mib,
         a.small,
         SMALL_SIZE / 1024,
         a.entries,
-        if moto.is_some() {
-            "moto_server (loopback)"
-        } else {
-            s3_url.as_str()
+        match &a.s3_url {
+            None => "moto_server on loopback, a fresh one per tool",
+            Some(url) => url.as_str(),
         }
     );
     eprintln!("raw...");
-    let raw_figures = measure_raw(store.clone(), &a).await?;
-    let raw = Arc::new(Raw {
-        store,
-        rt: tokio::runtime::Handle::current(),
-    });
+    let raw_figures = {
+        let server = Server::start(&a, "raw").await?;
+        measure_raw(server.store.clone(), &a).await?
+    };
     let a = Arc::new(a);
     let mut results: Vec<(Tool, Option<Figures>)> = Vec::new();
     for tool in [Tool::Ours, Tool::S3fs, Tool::Rclone] {
@@ -619,8 +651,32 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         eprintln!("{}...", tool.name());
-        let (s, r, a2) = (setup.clone(), raw.clone(), a.clone());
-        let outcome = tokio::task::spawn_blocking(move || measure_mount(tool, &s, &r, &a2)).await?;
+        let server = Server::start(&a, tool.name()).await?;
+        // Ours reaches the bucket through an emulated file system; the peers take it directly.
+        let (_emulator, setup) = match tool {
+            Tool::Ours => {
+                let (emu, setup) = emulated(&server).await?;
+                (Some(emu), setup)
+            }
+            _ => (
+                None,
+                Setup {
+                    s3_url: server.url.clone(),
+                    bucket: server.bucket.clone(),
+                    emulator_url: String::new(),
+                    fs_id: String::new(),
+                    ap_id: String::new(),
+                    dir: tempfile::tempdir()?,
+                },
+            ),
+        };
+        let raw = Raw {
+            store: server.store.clone(),
+            rt: tokio::runtime::Handle::current(),
+        };
+        let a2 = a.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || measure_mount(tool, &setup, &raw, &a2)).await?;
         match outcome {
             Ok(f) => results.push((tool, Some(f))),
             Err(e) => {
@@ -665,10 +721,6 @@ async fn main() -> anyhow::Result<()> {
             ratio(ours, best_peer),
             ratio(ours, row(&raw_figures)),
         );
-    }
-    if let Some(mut child) = moto {
-        let _ = child.kill();
-        let _ = child.wait();
     }
     Ok(())
 }

@@ -20,6 +20,10 @@ use super::objects::{Objects, Posix, S_IFDIR};
 /// Read-ahead memory per mount.
 const PREFETCH_BUDGET: u64 = 256 << 20;
 const FUSE_THREADS: usize = 8;
+/// Kernel read-ahead asked for on our mount (`read_ahead_kb` of its backing device). The kernel
+/// gives a FUSE mount 128 KiB whatever the file system's `max_readahead` says, so a sequential
+/// reader is served in 128 KiB requests; a larger window lets the kernel send 1 MiB ones.
+const KERNEL_READ_AHEAD_KIB: u32 = 1024;
 use crate::cloud::aws::{AwsS3Files, ClientOptions};
 use crate::cloud::{LifeCycle, S3Files};
 use crate::data::{DataLocation, ObjectData, bucket_name};
@@ -215,11 +219,39 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
     config.n_threads = Some(FUSE_THREADS);
     let target = request.target.clone();
     tracing::info!(target = %target.display(), %root, "serving");
+    let tune_target = target.clone();
+    std::thread::spawn(move || tune_read_ahead(&tune_target));
     tokio::task::spawn_blocking(move || fuser::mount(filesystem, &target, &config))
         .await?
         .with_context(|| format!("mounting at {}", request.target.display()))?;
     drop(staging);
     Ok(())
+}
+
+/// Raises the kernel read-ahead of the mount at `target` once it appears (see
+/// [`KERNEL_READ_AHEAD_KIB`]). Best effort: without a writable /sys the mount works, with
+/// smaller reads.
+fn tune_read_ahead(target: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let device = loop {
+        let table =
+            mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        if let Some(entry) = mountinfo::mount_at(&table, target)
+            && entry.fs_type.starts_with("fuse")
+        {
+            break entry.major_minor.clone();
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(target = %target.display(), "mount did not appear; read-ahead not tuned");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&knob, KERNEL_READ_AHEAD_KIB.to_string()) {
+        Ok(()) => tracing::debug!(%knob, kib = KERNEL_READ_AHEAD_KIB, "kernel read-ahead set"),
+        Err(e) => tracing::warn!(%knob, error = %e, "kernel read-ahead left at its default"),
+    }
 }
 
 /// Starts `serve` in a background process and returns once `target` is mounted.
