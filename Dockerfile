@@ -3,8 +3,9 @@
 #   docker build --target production -t s3files-csi-driver .   # EKS: our binary + amazon-efs-utils
 #   docker build --target local -t s3files-csi-driver-local .   # kind/CI: our binary as mount.s3files
 #
-# TODO(#7): pin the base images by digest (tag@sha256:...). Resolving digests needs registry
-# access, which the machines this was written on do not have.
+# TODO(#7): pin the base images by digest: run hack/pin-images.sh where a registry is reachable
+# (it rewrites each ARG *_IMAGE to tag@sha256:...) and commit the result. The machines this was
+# written on reach no container registry, so the tags below are not pinned yet.
 ARG RUST_IMAGE=docker.io/library/rust:1.95-slim-bookworm
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 # amazon-efs-utils release whose source is built (3.x: mount.s3files, efs-proxy).
