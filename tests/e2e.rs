@@ -1,6 +1,8 @@
 //! The kind e2e suite: the scenarios users run, against a cluster where the chart is installed
 //! with the local profile (tests/e2e/run.sh sets it up). Built only with `--features e2e`; CI
-//! compiles it on every change, and the e2e workflow runs it on kind.
+//! compiles it on every change, and the e2e workflow runs it on kind. tests/scenarios.rs runs the
+//! same scenarios without a cluster (processes started with the local profile's flags), in every
+//! `cargo test`.
 //!
 //! The emulator and the object store are reached through the API server's service proxy, so the
 //! suite needs nothing but a kubeconfig.
