@@ -560,8 +560,8 @@ impl Drop for Server {
 }
 
 /// An emulated file system on `server`'s bucket with one access point (root `/ours`), as the
-/// driver would provision it; the emulator serves until the returned handle is dropped.
-async fn emulated(server: &Server) -> anyhow::Result<(Arc<Emulator>, Setup)> {
+/// driver would provision it; the emulator keeps serving on loopback for the rest of the run.
+async fn emulated(server: &Server) -> anyhow::Result<Setup> {
     let mut settings = Settings::for_region("us-east-1");
     settings.ready_after = 0.0;
     let emu = Emulator::new(Config {
@@ -605,15 +605,14 @@ async fn emulated(server: &Server) -> anyhow::Result<(Arc<Emulator>, Setup)> {
             tags: vec![],
         })
         .await?;
-    let setup = Setup {
+    Ok(Setup {
         s3_url: server.url.clone(),
         bucket: server.bucket.clone(),
         emulator_url,
         fs_id: fs.id,
         ap_id: ap.id,
         dir: tempfile::tempdir()?,
-    };
-    Ok((emu, setup))
+    })
 }
 
 #[tokio::main]
@@ -653,22 +652,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{}...", tool.name());
         let server = Server::start(&a, tool.name()).await?;
         // Ours reaches the bucket through an emulated file system; the peers take it directly.
-        let (_emulator, setup) = match tool {
-            Tool::Ours => {
-                let (emu, setup) = emulated(&server).await?;
-                (Some(emu), setup)
-            }
-            _ => (
-                None,
-                Setup {
-                    s3_url: server.url.clone(),
-                    bucket: server.bucket.clone(),
-                    emulator_url: String::new(),
-                    fs_id: String::new(),
-                    ap_id: String::new(),
-                    dir: tempfile::tempdir()?,
-                },
-            ),
+        let setup = match tool {
+            Tool::Ours => emulated(&server).await?,
+            _ => Setup {
+                s3_url: server.url.clone(),
+                bucket: server.bucket.clone(),
+                emulator_url: String::new(),
+                fs_id: String::new(),
+                ap_id: String::new(),
+                dir: tempfile::tempdir()?,
+            },
         };
         let raw = Raw {
             store: server.store.clone(),

@@ -547,7 +547,7 @@ async fn unpublish_unmounts_and_deleting_the_claim_removes_its_access_point_and_
     let c = Cluster::start().await;
     let rwx = AccessMode::MultiNodeMultiWriter;
 
-    // Pod deletion: kubelet unpublishes; the mount and its daemon are gone from the node.
+    // Pod deletion: kubelet unpublishes; the mount and its target are gone from the node.
     let volume = c.provision("doomed", "s3files-delete-data", rwx, 0).await;
     let t = c.publish(0, "write", &volume, rwx, false).await;
     let w = t.clone();
