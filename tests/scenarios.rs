@@ -425,6 +425,18 @@ async fn files<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("file work")
 }
 
+/// Writes `body` to `name` under a mounted target, off the runtime.
+async fn write(target: &Path, name: &str, body: &'static [u8]) {
+    let path = target.join(name);
+    files(move || std::fs::write(&path, body).expect("write through the mount")).await;
+}
+
+/// Reads `name` under a mounted target, off the runtime.
+async fn read(target: &Path, name: &str) -> Vec<u8> {
+    let path = target.join(name);
+    files(move || std::fs::read(&path).expect("read through the mount")).await
+}
+
 fn access_point_of(volume: &csi::Volume) -> String {
     volume
         .volume_id
@@ -526,8 +538,7 @@ async fn a_static_volume_by_handle_shows_the_same_files() {
     let rwx = AccessMode::MultiNodeMultiWriter;
     let source = c.provision("source", "s3files", rwx, 0).await;
     let seed = c.publish(0, "seed", &source, rwx, false).await;
-    let s = seed.clone();
-    files(move || std::fs::write(s.join("s"), b"static\n").expect("seed")).await;
+    write(&seed, "s", b"static\n").await;
     c.unpublish(0, &source, &seed).await;
 
     // A PersistentVolume written by hand carries only the handle: no volume context.
@@ -536,8 +547,7 @@ async fn a_static_volume_by_handle_shows_the_same_files() {
         ..Default::default()
     };
     let t = c.publish(1, "static", &by_hand, rwx, false).await;
-    let r = t.clone();
-    files(move || assert_eq!(std::fs::read(r.join("s")).expect("read"), b"static\n")).await;
+    assert_eq!(read(&t, "s").await, b"static\n");
     c.unpublish(1, &by_hand, &t).await;
     assert!(mounted(&t).is_none());
 }
@@ -550,8 +560,7 @@ async fn unpublish_unmounts_and_deleting_the_claim_removes_its_access_point_and_
     // Pod deletion: kubelet unpublishes; the mount and its target are gone from the node.
     let volume = c.provision("doomed", "s3files-delete-data", rwx, 0).await;
     let t = c.publish(0, "write", &volume, rwx, false).await;
-    let w = t.clone();
-    files(move || std::fs::write(w.join("bye"), b"doomed bytes\n").expect("write")).await;
+    write(&t, "bye", b"doomed bytes\n").await;
     assert!(mounted(&t).is_some());
     c.unpublish(0, &volume, &t).await;
     assert!(mounted(&t).is_none(), "still mounted after unpublish");
@@ -578,8 +587,7 @@ async fn unpublish_unmounts_and_deleting_the_claim_removes_its_access_point_and_
     // Without onDelete the data stays (reclaimPolicy Delete removes only the access point).
     let kept = c.provision("kept", "s3files", rwx, 0).await;
     let t = c.publish(0, "keep", &kept, rwx, false).await;
-    let w = t.clone();
-    files(move || std::fs::write(w.join("stay"), b"kept bytes\n").expect("write")).await;
+    write(&t, "stay", b"kept bytes\n").await;
     c.unpublish(0, &kept, &t).await;
     c.delete(&kept).await;
     assert!(!c.access_points().await.contains(&access_point_of(&kept)));
@@ -594,8 +602,7 @@ async fn a_restarted_node_plugin_serves_new_mounts_and_unmounts_old_ones() {
     let rwx = AccessMode::MultiNodeMultiWriter;
     let volume = c.provision("restart", "s3files", rwx, 0).await;
     let before = c.publish(0, "before", &volume, rwx, false).await;
-    let b = before.clone();
-    files(move || std::fs::write(b.join("f"), b"before\n").expect("write")).await;
+    write(&before, "f", b"before\n").await;
 
     c.restart_node(0).await;
 
@@ -611,8 +618,7 @@ async fn a_restarted_node_plugin_serves_new_mounts_and_unmounts_old_ones() {
     );
     // A new pod after the restart mounts and sees the data.
     let after = c.publish(0, "after", &volume, rwx, false).await;
-    let a = after.clone();
-    files(move || assert_eq!(std::fs::read(a.join("f")).expect("read"), b"before\n")).await;
+    assert_eq!(read(&after, "f").await, b"before\n");
     // The mount made before the restart is unmounted by the new plugin.
     c.unpublish(0, &volume, &before).await;
     assert!(mounted(&before).is_none());
