@@ -114,6 +114,36 @@ struct Mounted {
     _dir: tempfile::TempDir,
 }
 
+impl Mounted {
+    /// What the FUSE daemon logged so far, for failure messages.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mount.log")).unwrap_or_default()
+    }
+}
+
+/// Closes `f` and returns what close(2) said: `drop` would swallow a failed upload.
+fn close(f: std::fs::File) -> nix::Result<()> {
+    use std::os::fd::IntoRawFd;
+    nix::unistd::close(f.into_raw_fd())
+}
+
+/// Why `got` is not `want`, for assertions on large bodies.
+fn mismatch(got: Option<&[u8]>, want: &[u8]) -> Option<String> {
+    let Some(got) = got else {
+        return Some("the object is missing".into());
+    };
+    if got == want {
+        return None;
+    }
+    let at = got.iter().zip(want).position(|(a, b)| a != b);
+    Some(format!(
+        "{} bytes, want {}; first difference at {:?}",
+        got.len(),
+        want.len(),
+        at
+    ))
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.target).status();
@@ -140,7 +170,8 @@ async fn mount(emu: &RunningEmulator, fs: &str, ap: &str, extra: &str) -> Mounte
         move || {
             Command::new(BIN)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("RUST_LOG", "s3files_csi=debug")
+                // object_store logs its retries at info: failures then say what the server did.
+                .env("RUST_LOG", "s3files_csi=debug,object_store=info")
                 .arg("mount")
                 .arg(&fs_owned)
                 .arg(&target)
@@ -525,15 +556,63 @@ async fn a_large_file_rewritten_behind_its_uploaded_parts_is_still_right(backend
         f.seek(SeekFrom::Start(10)).expect("seek back");
         f.write_all(b"REWRITTEN").expect("rewrite");
         expected[10..19].copy_from_slice(b"REWRITTEN");
-        drop(f);
-        assert!(bucket.get("k8s/vol-a/rewrite.bin").as_deref() == Some(&expected[..]));
+        let closed = close(f);
+        let got = bucket.get("k8s/vol-a/rewrite.bin");
+        if let Some(why) = mismatch(got.as_deref(), &expected) {
+            panic!("rewrite.bin: {why} (close: {closed:?})\n{}", m.log());
+        }
+        assert_eq!(closed, Ok(()));
         // And a plain sequential one, uploaded while written.
         let data: Vec<u8> = (0..33u32 << 20).map(|i| (i % 251) as u8).collect();
-        std::fs::write(t.join("stream.bin"), &data).expect("write");
-        assert!(bucket.get("k8s/vol-a/stream.bin").as_deref() == Some(&data[..]));
+        let mut f = std::fs::File::create(t.join("stream.bin")).expect("create");
+        f.write_all(&data).expect("write");
+        let closed = close(f);
+        let got = bucket.get("k8s/vol-a/stream.bin");
+        if let Some(why) = mismatch(got.as_deref(), &data) {
+            panic!("stream.bin: {why} (close: {closed:?})\n{}", m.log());
+        }
+        assert_eq!(closed, Ok(()));
+        drop(m);
     })
     .await
     .expect("large writes");
+}
+
+/// An upload that fails is not forgotten: the next fsync sends the file again. (moto only: the
+/// server is stopped under the mount and started again, empty, on the same port.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_retried_by_the_next_fsync() {
+    let mut w = World::start(Backend::Moto).await;
+    let m = w.mount("").await;
+    let port = w._s3.as_ref().expect("moto").addr.port();
+    let file = std::fs::File::create(m.target.join("kept.txt")).expect("create");
+    (&file).write_all(b"not lost").expect("write");
+    // The server goes away: the upload cannot succeed.
+    drop(w._s3.take());
+    let failed = tokio::task::spawn_blocking({
+        let file = file.try_clone().expect("dup");
+        move || file.sync_all()
+    })
+    .await
+    .expect("join");
+    assert!(failed.is_err(), "fsync with the server down must fail");
+    // Back (empty, as moto keeps nothing): the same handle's next fsync uploads it.
+    let server = S3Server::start_on(port).await;
+    server.create_bucket(BUCKET).await;
+    let synced = tokio::task::spawn_blocking({
+        let file = file.try_clone().expect("dup");
+        move || file.sync_all()
+    })
+    .await
+    .expect("join");
+    assert!(synced.is_ok(), "{synced:?}\n{}", m.log());
+    let bucket = w.bucket.clone();
+    let got = tokio::task::spawn_blocking(move || bucket.get("k8s/vol-a/kept.txt"))
+        .await
+        .expect("join");
+    assert_eq!(got.as_deref(), Some(&b"not lost"[..]));
+    w._s3 = Some(server);
+    drop(file);
 }
 
 /// Each scenario against a local bucket directory and against moto.

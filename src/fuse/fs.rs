@@ -697,7 +697,7 @@ impl ObjectFs {
     }
 
     fn flush_handle(&self, fh: u64) -> Result<(), Errno> {
-        let (ino, mut file, stream) = {
+        let (ino, file, stream) = {
             let mut t = self.tables();
             let Some(open) = t.handles.get_mut(&fh) else {
                 return Ok(());
@@ -711,6 +711,24 @@ impl ObjectFs {
             open.dirty = false;
             (open.ino, file, open.stream.clone())
         };
+        let result = self.upload_handle(ino, file, stream);
+        if result.is_err() {
+            // Nothing may be lost to a failed upload: the next flush, fsync or the release
+            // tries again (streaming was given up, so the file goes up whole).
+            if let Some(open) = self.tables().handles.get_mut(&fh) {
+                open.dirty = true;
+            }
+        }
+        result
+    }
+
+    /// Uploads the staged bytes of an open file (see [`Self::flush_handle`]).
+    fn upload_handle(
+        &self,
+        ino: u64,
+        mut file: File,
+        stream: Option<Arc<Mutex<Streaming>>>,
+    ) -> Result<(), Errno> {
         let node = self.node(ino)?;
         let streamed = match stream {
             Some(stream) => {

@@ -32,6 +32,11 @@ impl S3Server {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        S3Server::start_on(port).await
+    }
+
+    /// Starts `moto_server` on `port` (a restart: moto keeps nothing, so buckets are new).
+    pub async fn start_on(port: u16) -> S3Server {
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
