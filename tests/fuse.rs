@@ -561,7 +561,7 @@ async fn a_large_file_rewritten_behind_its_uploaded_parts_is_still_right(backend
         if let Some(why) = mismatch(got.as_deref(), &expected) {
             panic!("rewrite.bin: {why} (close: {closed:?})\n{}", m.log());
         }
-        assert_eq!(closed, Ok(()));
+        assert_eq!(closed, Ok(()), "close failed\n{}", m.log());
         // And a plain sequential one, uploaded while written.
         let data: Vec<u8> = (0..33u32 << 20).map(|i| (i % 251) as u8).collect();
         let mut f = std::fs::File::create(t.join("stream.bin")).expect("create");
@@ -571,7 +571,7 @@ async fn a_large_file_rewritten_behind_its_uploaded_parts_is_still_right(backend
         if let Some(why) = mismatch(got.as_deref(), &data) {
             panic!("stream.bin: {why} (close: {closed:?})\n{}", m.log());
         }
-        assert_eq!(closed, Ok(()));
+        assert_eq!(closed, Ok(()), "close failed\n{}", m.log());
         drop(m);
     })
     .await
