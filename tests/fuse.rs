@@ -578,6 +578,23 @@ async fn a_large_file_rewritten_behind_its_uploaded_parts_is_still_right(backend
     .expect("large writes");
 }
 
+/// The helper returns with the kernel's read-ahead already raised, so the first file opened
+/// reads in 1 MiB requests (the kernel copies the setting into a file when it is opened).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_is_raised_before_the_helper_returns() {
+    let w = World::start(Backend::Local).await;
+    let m = w.mount("").await;
+    let table =
+        mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
+    let device = mountinfo::mount_at(&table, &m.target)
+        .expect("mounted")
+        .major_minor
+        .clone();
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    let kib = std::fs::read_to_string(&knob).expect("read_ahead_kb");
+    assert_eq!(kib.trim(), "1024", "{knob}\n{}", m.log());
+}
+
 /// An upload that fails is not forgotten: the next fsync sends the file again. (moto only: the
 /// server is stopped under the mount and started again, empty, on the same port.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
