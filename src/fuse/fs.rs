@@ -1548,7 +1548,13 @@ impl Filesystem for ObjectFs {
         reply: ReplyEmpty,
     ) {
         let result = self.flush_handle(fh.0);
-        self.tables().handles.remove(&fh.0);
+        if let Some(open) = self.tables().handles.remove(&fh.0)
+            && let Err(e) = result
+        {
+            // The last chance for this handle's bytes: nobody sees a release's error.
+            let path = self.node(open.ino).map(|n| n.path).unwrap_or_default();
+            tracing::error!(%path, error = ?e, "upload at release failed: the bucket does not have this file's last writes");
+        }
         answer(reply, result);
     }
 
