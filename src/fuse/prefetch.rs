@@ -10,8 +10,10 @@
 //! buffer and the socket's in flight unread: dropping the stream closes the connection.
 //!
 //! Memory is bounded per mount: a stream holds one share of the mount's [`Budget`] (16 MiB of
-//! buffered body at most), and a handle that cannot get one reads without read-ahead. A read
-//! that jumps elsewhere drops the stream and fetches just what it asked for.
+//! buffered body ahead of the reader and 16 MiB kept behind it at most), and a handle that cannot
+//! get one reads without read-ahead. A read that jumps ahead drops the stream and fetches just
+//! what it asked for; a read behind the stream is fetched alone while the stream goes on, until
+//! a second read continues it (the reader went back: the stream restarts there).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -24,10 +26,15 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-/// Bytes kept behind the reader for reads that arrive out of order.
-const KEEP_BEHIND: u64 = 4 << 20;
-/// Budget share of one stream: what its channel can hold ahead of the reader.
+/// Bytes kept behind the furthest read for reads that arrive out of order. The kernel has up to
+/// `max_background` (12) read-ahead requests of up to 1 MiB in flight and FUSE threads take them
+/// in any order; with 4 MiB kept, a 16 MiB read-ahead window made most requests miss and reset
+/// the stream, and a 1 GiB read on moto never finished (found with `read_ahead_kb` at 16384).
+const KEEP_BEHIND: u64 = 16 << 20;
+/// What a stream's channel can hold ahead of the reader.
 pub const STREAM_BUFFER: u64 = 16 << 20;
+/// Budget share of one stream: its channel and what it keeps behind.
+pub const STREAM_SHARE: u64 = STREAM_BUFFER + KEEP_BEHIND;
 /// Pieces a stream's channel holds; body frames are at most 64 KiB, so at most 16 MiB.
 const CHANNEL_PIECES: usize = 256;
 
@@ -37,7 +44,7 @@ pub struct Budget(Arc<Semaphore>);
 
 impl Budget {
     pub fn new(bytes: u64) -> Self {
-        Budget(Arc::new(Semaphore::new((bytes / STREAM_BUFFER) as usize)))
+        Budget(Arc::new(Semaphore::new((bytes / STREAM_SHARE) as usize)))
     }
 
     /// Streams that could still start.
@@ -71,6 +78,11 @@ pub struct Prefetch {
     /// Bytes received and not yet read, starting at `pending_at`.
     pending: VecDeque<Bytes>,
     pending_at: u64,
+    /// Where the previous read behind the stream ended (see [`Prefetch::read`]).
+    behind_end: Option<u64>,
+    /// Streams started and reads served by their own ranged GET, for logs and tests.
+    pub streams: u64,
+    pub ranged: u64,
 }
 
 impl Prefetch {
@@ -82,6 +94,9 @@ impl Prefetch {
             stream: None,
             pending: VecDeque::new(),
             pending_at: 0,
+            behind_end: None,
+            streams: 0,
+            ranged: 0,
         }
     }
 
@@ -102,6 +117,7 @@ impl Prefetch {
         continues: bool,
     ) {
         let end = size;
+        self.streams += 1;
         let (tx, rx) = mpsc::channel(CHANNEL_PIECES);
         let (store, key) = (store.clone(), key.clone());
         let task = tokio::spawn(async move {
@@ -150,15 +166,29 @@ impl Prefetch {
         let covered = self.stream.is_some()
             && range.start >= self.pending_at
             && range.start <= self.stream.as_ref().map_or(0, |s| s.end);
+        // Behind what the stream still holds: a request the others overtook, or the reader went
+        // back. The first is fetched alone and the stream goes on; a second read continuing the
+        // first means the reader really is reading from there, and the stream moves with it.
+        let behind = self.stream.is_some() && range.start < self.pending_at;
+        let rereading = behind && self.behind_end == Some(range.start);
+        self.behind_end = behind.then_some(range.end);
+        if behind && !rereading {
+            self.ranged += 1;
+            return Ok(store.get_range(key, range).await?.to_vec());
+        }
         if !covered {
             self.reset();
-            if !sequential {
+            if !sequential && !rereading {
+                self.ranged += 1;
                 return Ok(store.get_range(key, range).await?.to_vec());
             }
             match self.budget.0.clone().try_acquire_owned() {
                 Ok(permit) => self.permit = Some(permit),
                 // No read-ahead memory left on this mount: read just what was asked.
-                Err(_) => return Ok(store.get_range(key, range).await?.to_vec()),
+                Err(_) => {
+                    self.ranged += 1;
+                    return Ok(store.get_range(key, range).await?.to_vec());
+                }
             }
             self.start(store, key, range.start, file_size, false);
         }
@@ -281,7 +311,7 @@ mod tests {
     async fn memory_is_bounded_by_the_mount_budget() {
         let len = 40 << 20;
         let (store, key, data) = store_with(len).await;
-        let budget = Budget::new(16 << 20);
+        let budget = Budget::new(STREAM_SHARE);
         assert_eq!(budget.available(), 1);
         let mut a = Prefetch::new(&budget);
         let mut b = Prefetch::new(&budget);
@@ -303,5 +333,55 @@ mod tests {
         assert_eq!(got, data[..4096]);
         drop(a);
         assert_eq!(budget.available(), 1, "closing a file returns its share");
+    }
+
+    /// Reads `a..b` of the object `f` through `p` and checks the bytes.
+    async fn check(
+        p: &mut Prefetch,
+        f: (&Arc<dyn ObjectStore>, &ObjectPath, &[u8]),
+        a: u64,
+        b: u64,
+    ) {
+        let (store, key, data) = f;
+        let got = p
+            .read(store, key, a..b, data.len() as u64)
+            .await
+            .expect("read");
+        assert_eq!(got, data[a as usize..b as usize], "at {a}");
+    }
+
+    #[tokio::test]
+    async fn a_read_ahead_window_in_any_order_is_served_by_one_stream() {
+        // A local directory streams bodies in small pieces, as a network does (the in-memory
+        // store hands over the whole object at once).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            object_store::local::LocalFileSystem::new_with_prefix(dir.path()).expect("local"),
+        );
+        let key = ObjectPath::from("f");
+        let len = 64usize << 20;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        store.put(&key, data.clone().into()).await.expect("put");
+        let budget = Budget::new(4 * STREAM_SHARE);
+        let mut p = Prefetch::new(&budget);
+        let mib = 1u64 << 20;
+        let f = (&store, &key, &data[..]);
+        for i in 0..8 {
+            check(&mut p, f, i * mib, (i + 1) * mib).await;
+        }
+        // A 16 MiB window of 1 MiB requests, taken in a scrambled order, as FUSE threads do
+        // with the kernel's parallel read-ahead.
+        for i in [15u64, 0, 7, 14, 1, 8, 13, 2, 9, 12, 3, 10, 11, 4, 6, 5] {
+            check(&mut p, f, (8 + i) * mib, (9 + i) * mib).await;
+        }
+        assert_eq!((p.streams, p.ranged), (1, 0), "one stream, no extra GET");
+        // A read far behind is fetched alone; the stream goes on.
+        check(&mut p, f, 0, 4096).await;
+        check(&mut p, f, 24 * mib, 25 * mib).await;
+        assert_eq!((p.streams, p.ranged), (1, 1));
+        // Reading on from there is a reader gone back: the stream follows it.
+        check(&mut p, f, 4096, mib).await;
+        check(&mut p, f, mib, 2 * mib).await;
+        assert_eq!(p.streams, 2);
     }
 }
