@@ -249,11 +249,15 @@ fn tune_read_ahead(target: &Path) {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    set_read_ahead(&device);
+    set_read_ahead(&device, target);
 }
 
-/// Writes [`KERNEL_READ_AHEAD_KIB`] to the read-ahead knob of the device `major:minor`.
-fn set_read_ahead(device: &str) {
+/// Writes [`KERNEL_READ_AHEAD_KIB`] to the read-ahead knob of the device `major:minor` mounted
+/// at `target`.
+fn set_read_ahead(device: &str, target: &Path) {
+    // The mount shows before the FUSE handshake is done, and the handshake's reply lowers the
+    // knob to what the daemon accepted (128 KiB). A stat waits for the handshake: set it after.
+    let _ = std::fs::metadata(target);
     let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
     match std::fs::write(&knob, KERNEL_READ_AHEAD_KIB.to_string()) {
         Ok(()) => tracing::debug!(%knob, kib = KERNEL_READ_AHEAD_KIB, "kernel read-ahead set"),
@@ -286,7 +290,7 @@ pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Re
         if let Some(entry) = mountinfo::mount_at(&table, target) {
             // The kernel copies the read-ahead size into each file as it is opened: set it
             // before anyone can open a file (the daemon's own tuning may come a moment later).
-            set_read_ahead(&entry.major_minor);
+            set_read_ahead(&entry.major_minor, target);
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
