@@ -632,6 +632,33 @@ async fn a_failed_upload_is_retried_by_the_next_fsync() {
     drop(file);
 }
 
+async fn close_waits_for_an_upload_another_close_started(backend: Backend) {
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
+    let t = m.target.clone();
+    let bucket = w.bucket.clone();
+    tokio::task::spawn_blocking(move || {
+        // Two descriptors of one file, as after a fork: closing either flushes. The first close
+        // starts the upload; the second must not return before the bytes are in the bucket.
+        let data: Vec<u8> = (0..24u32 << 20).map(|i| (i % 249) as u8).collect();
+        let mut f = std::fs::File::create(t.join("twice.bin")).expect("create");
+        f.write_all(&data).expect("write");
+        let other = f.try_clone().expect("dup");
+        let first = std::thread::spawn(move || close(other));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let closed = close(f);
+        let got = bucket.get("k8s/vol-a/twice.bin");
+        if let Some(why) = mismatch(got.as_deref(), &data) {
+            panic!("twice.bin after the second close: {why} (close: {closed:?})");
+        }
+        assert_eq!(first.join().expect("join"), Ok(()));
+        assert_eq!(closed, Ok(()));
+        drop(m);
+    })
+    .await
+    .expect("two closes");
+}
+
 /// Each scenario against a local bucket directory and against moto.
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
@@ -659,6 +686,7 @@ on_both_backends!(
     large_files_and_large_directories_round_trip_and_survive_a_remount,
     two_mounts_of_one_volume_see_each_others_writes_after_close,
     renaming_onto_an_existing_file_replaces_it,
+    close_waits_for_an_upload_another_close_started,
     ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user,
     a_large_file_rewritten_behind_its_uploaded_parts_is_still_right
 );

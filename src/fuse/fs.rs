@@ -88,6 +88,11 @@ struct Open {
     body: Option<bytes::Bytes>,
     /// Upload under way while a new file is written front to back.
     stream: Option<Arc<Mutex<Streaming>>>,
+    /// Held while this handle's bytes are uploaded. Flushes of one handle come concurrently:
+    /// every close of a descriptor sends one, also the close-on-exec in a child another thread
+    /// forked. A flush that found the handle clean while another was still uploading returned at
+    /// once, and close returned before the data was in the bucket.
+    uploading: Arc<Mutex<()>>,
 }
 
 /// How long a directory's listing answers lookups: names it lacks are absent, and its sizes
@@ -697,6 +702,12 @@ impl ObjectFs {
     }
 
     fn flush_handle(&self, fh: u64) -> Result<(), Errno> {
+        let Some(uploading) = self.tables().handles.get(&fh).map(|h| h.uploading.clone()) else {
+            return Ok(());
+        };
+        // Wait for any upload of this handle under way: when this flush returns, what was
+        // written before it is in the bucket.
+        let _uploading = uploading.lock().unwrap_or_else(|p| p.into_inner());
         let (ino, file, stream) = {
             let mut t = self.tables();
             let Some(open) = t.handles.get_mut(&fh) else {
@@ -1385,6 +1396,7 @@ impl Filesystem for ObjectFs {
                     prefetch,
                     body,
                     stream,
+                    uploading: Arc::default(),
                 },
             );
             Ok(fh)
@@ -1432,6 +1444,7 @@ impl Filesystem for ObjectFs {
                     prefetch: None,
                     body: None,
                     stream: Some(stream),
+                    uploading: Arc::default(),
                 },
             );
             Ok((attr, fh))
