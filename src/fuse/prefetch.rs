@@ -80,9 +80,9 @@ pub struct Prefetch {
     pending_at: u64,
     /// Where the previous read behind the stream ended (see [`Prefetch::read`]).
     behind_end: Option<u64>,
-    /// Streams started and reads served by their own ranged GET, for logs and tests.
-    pub streams: u64,
-    pub ranged: u64,
+    /// Streams started and reads served by their own ranged GET (checked by the tests).
+    streams: u64,
+    ranged: u64,
 }
 
 impl Prefetch {
@@ -98,6 +98,17 @@ impl Prefetch {
             streams: 0,
             ranged: 0,
         }
+    }
+
+    /// Fetches `range` with its own ranged GET, outside any stream.
+    async fn alone(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &ObjectPath,
+        range: Range<u64>,
+    ) -> object_store::Result<Vec<u8>> {
+        self.ranged += 1;
+        Ok(store.get_range(key, range).await?.to_vec())
     }
 
     fn reset(&mut self) {
@@ -173,22 +184,17 @@ impl Prefetch {
         let rereading = behind && self.behind_end == Some(range.start);
         self.behind_end = behind.then_some(range.end);
         if behind && !rereading {
-            self.ranged += 1;
-            return Ok(store.get_range(key, range).await?.to_vec());
+            return self.alone(store, key, range).await;
         }
         if !covered {
             self.reset();
             if !sequential && !rereading {
-                self.ranged += 1;
-                return Ok(store.get_range(key, range).await?.to_vec());
+                return self.alone(store, key, range).await;
             }
             match self.budget.0.clone().try_acquire_owned() {
                 Ok(permit) => self.permit = Some(permit),
                 // No read-ahead memory left on this mount: read just what was asked.
-                Err(_) => {
-                    self.ranged += 1;
-                    return Ok(store.get_range(key, range).await?.to_vec());
-                }
+                Err(_) => return self.alone(store, key, range).await,
             }
             self.start(store, key, range.start, file_size, false);
         }
