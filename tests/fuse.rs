@@ -58,7 +58,7 @@ impl Bucket {
 /// (bucket `fuse-bucket`, prefix `k8s/`) and one access point (uid 1234, root `/vol-a`).
 struct World {
     emu: RunningEmulator,
-    _s3: Option<S3Server>,
+    s3: Option<S3Server>,
     bucket: Bucket,
     fs: String,
     ap: String,
@@ -90,7 +90,7 @@ impl World {
         let (fs, ap) = setup(&emu).await;
         World {
             emu,
-            _s3: s3,
+            s3,
             bucket: Bucket {
                 store,
                 runtime: tokio::runtime::Handle::current(),
@@ -601,11 +601,11 @@ async fn read_ahead_is_raised_before_the_helper_returns() {
 async fn a_failed_upload_is_retried_by_the_next_fsync() {
     let mut w = World::start(Backend::Moto).await;
     let m = w.mount("").await;
-    let port = w._s3.as_ref().expect("moto").addr.port();
+    let port = w.s3.as_ref().expect("moto").addr.port();
     let file = std::fs::File::create(m.target.join("kept.txt")).expect("create");
     (&file).write_all(b"not lost").expect("write");
     // The server goes away: the upload cannot succeed.
-    drop(w._s3.take());
+    drop(w.s3.take());
     let failed = tokio::task::spawn_blocking({
         let file = file.try_clone().expect("dup");
         move || file.sync_all()
@@ -628,7 +628,7 @@ async fn a_failed_upload_is_retried_by_the_next_fsync() {
         .await
         .expect("join");
     assert_eq!(got.as_deref(), Some(&b"not lost"[..]));
-    w._s3 = Some(server);
+    w.s3 = Some(server);
     drop(file);
 }
 
