@@ -375,6 +375,9 @@ impl Emulator {
             })
             .map_err(fail)?;
         }
+        // Local buckets are directories; the S3 bucket of `--bucket-endpoint` is made by the
+        // caller. Checked on every start: the directory may be gone while the state stayed.
+        ensure_bucket(&self.buckets, bucket_arn).map_err(fail)?;
         info!(file_system = id, bucket = bucket_arn, "file system preset");
         Ok(())
     }
@@ -446,17 +449,17 @@ async fn create_file_system(AxumState(emu): Emu, body: Bytes) -> Response {
     let buckets = emu.buckets.clone();
     with_body!(emu, "CreateFileSystem", body, |state, s, ids, now, req| {
         let outcome = state.create_file_system(s, ids, req, now)?;
-        ensure_bucket(&buckets, &outcome)?;
+        if let Some(bucket) = outcome.answer.1.get("bucket").and_then(Value::as_str) {
+            ensure_bucket(&buckets, bucket)?;
+        }
         Ok(outcome)
     })
 }
 
-/// With local buckets, a file system's bucket directory is created so the data plane can use it.
-fn ensure_bucket(buckets: &BucketStore, outcome: &Outcome) -> ApiResult<()> {
+/// With local buckets, a file system's bucket directory (of `bucket`, an ARN) is created so
+/// the data plane can use it. Idempotent.
+fn ensure_bucket(buckets: &BucketStore, bucket: &str) -> ApiResult<()> {
     let BucketStore::Local { root } = buckets else {
-        return Ok(());
-    };
-    let Some(bucket) = outcome.answer.1.get("bucket").and_then(Value::as_str) else {
         return Ok(());
     };
     let name = bucket.rsplit(":::").next().unwrap_or(bucket);

@@ -490,3 +490,37 @@ async fn a_preset_file_system_is_ready_with_its_versioned_bucket_and_survives_re
     assert_eq!(status, 200);
     assert!(body.contains("<Status>Enabled</Status>"), "{body}");
 }
+
+#[tokio::test]
+async fn a_preset_file_system_over_local_buckets_has_its_bucket_directory() {
+    let state = tempfile::tempdir().expect("state");
+    let buckets = tempfile::tempdir().expect("buckets");
+    let port = free_port();
+    let fs_id = "fs-0000000000000000b";
+    let client = sdk_client(&format!("http://127.0.0.1:{port}"), 3);
+    let bucket_dir = buckets.path().join("local-preset");
+    // The second start finds the file system in its state but the directory gone (a wiped
+    // volume): the directory is made again, or mounts of the preset file system would fail.
+    for round in 0..2 {
+        let mut child = Command::new(BIN)
+            .args(["emulator", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--bucket-dir")
+            .arg(buckets.path())
+            .args([
+                "--preset-file-system",
+                &format!("{fs_id}=arn:aws:s3:::local-preset"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn emulator");
+        wait_up(&client).await;
+        assert!(bucket_dir.is_dir(), "round {round}: no bucket directory");
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::remove_dir_all(&bucket_dir).expect("remove the bucket directory");
+    }
+}
