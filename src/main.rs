@@ -211,6 +211,11 @@ fn data_store(spec: Option<&str>) -> anyhow::Result<Option<Arc<dyn DataStore>>> 
 
 async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {
     use s3files_csi::fuse::helper;
+    // The mount table names targets by absolute path, and the daemon runs elsewhere: a
+    // relative target would mount but never be seen as mounted.
+    let target = std::fs::canonicalize(&args.target)
+        .with_context(|| format!("mount point {}", args.target.display()))?;
+    let args = MountArgs { target, ..args };
     let request = helper::parse(&args.source, &args.target, args.options.as_deref())?;
     if args.foreground {
         helper::serve(request, args.storage).await?;

@@ -729,3 +729,47 @@ async fn installed_as_mount_s3files_it_takes_the_mount_8_calling_convention() {
     .await
     .expect("write");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_mount_point_is_mounted_where_it_points() {
+    let w = World::start(Backend::Local).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("mnt")).expect("mkdir");
+    let env = common::emulator_env(&w.emu.url);
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .args([
+            "mount",
+            &w.fs,
+            "mnt",
+            "-o",
+            &format!("accesspoint={}", w.ap),
+        ])
+        .arg("--log-file")
+        .arg(dir.path().join("mount.log"))
+        .output()
+        .expect("run the helper");
+    // Dropped first on failure too: the mount is detached before the directory goes.
+    let mounted = Mounted {
+        target: dir.path().join("mnt"),
+        _dir: dir,
+    };
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mounted.log()
+    );
+    let t = mounted.target.clone();
+    let bucket = w.bucket.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(t.join("relative"), b"ok").expect("write");
+        assert_eq!(
+            bucket.get("k8s/vol-a/relative").as_deref(),
+            Some(&b"ok"[..])
+        );
+    })
+    .await
+    .expect("write");
+}

@@ -303,6 +303,15 @@ pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Re
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
+            let _ = child.wait();
+            // A mount that appeared as the daemon was killed has nobody serving it: detach it
+            // rather than leave a target that answers ENOTCONN.
+            let table = mountinfo::parse(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            );
+            if mountinfo::mount_at(&table, target).is_some() {
+                let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+            }
             bail!("{} was not mounted within 30 s", target.display());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
