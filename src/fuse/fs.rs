@@ -98,13 +98,21 @@ struct Open {
 /// How long a directory's listing answers lookups: names it lacks are absent, and its sizes
 /// pick how a file is fetched. NFS clients of S3 Files cache directory contents similarly.
 const DIR_TTL: Duration = Duration::from_secs(5);
-/// Larger directories are not kept (their listings still answer `readdir`).
+/// Larger directories are not kept (their listings still answer `readdir`): a lookup stops
+/// listing past this many names and asks for its name alone.
 const DIR_CACHE_MAX: usize = 5000;
+/// Directories remembered for the "second lookup lists" rule before old ones are dropped.
+const LOOKED_UP_MAX: usize = 1024;
+/// Sub-prefixes of one listing page checked for live objects at once.
+const VERIFY_PARALLEL: usize = 16;
 /// Files up to this size are read whole by the lookup that finds them through a listing, as
 /// S3 Files imports the data of files under 128 KiB on first directory access.
 const SMALL_FILE: u64 = 128 << 10;
 /// Bytes of such files kept per mount between lookup and open.
 const SMALL_BODIES_MAX: u64 = 32 << 20;
+
+/// A name in a directory listing, its kind and size.
+type Entry = (String, Kind, u64);
 
 /// What a directory listing says about a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +132,7 @@ struct DirEntries {
 }
 
 impl DirEntries {
-    fn from_listing(entries: &[(String, Kind, u64)]) -> DirEntries {
+    fn from_listing(entries: &[Entry]) -> DirEntries {
         let names = (entries.len() <= DIR_CACHE_MAX).then(|| {
             entries
                 .iter()
@@ -133,6 +141,13 @@ impl DirEntries {
         });
         DirEntries {
             names,
+            until: Instant::now() + DIR_TTL,
+        }
+    }
+
+    fn too_large() -> DirEntries {
+        DirEntries {
+            names: None,
             until: Instant::now() + DIR_TTL,
         }
     }
@@ -179,6 +194,8 @@ struct Tables {
     dirs: HashMap<u64, Listing>,
     /// Listings by directory path, for lookups.
     dir_cache: HashMap<String, DirEntries>,
+    /// Directories with a lookup not answered by a listing, and when (see `listed`).
+    looked_up: HashMap<String, Instant>,
     /// Small files read whole by a lookup, waiting for their `open`.
     bodies: HashMap<u64, (bytes::Bytes, Instant)>,
     body_bytes: u64,
@@ -566,9 +583,30 @@ impl ObjectFs {
         if let Some(answer) = cached {
             return answer;
         }
-        match self.list_dir(parent) {
+        // The first lookup in a directory asks for its one name (a path walked through it, a
+        // single file opened); a second one soon after (`ls -l`, a program opening many files)
+        // lists the directory, and its later lookups are answered from the listing.
+        {
+            let mut t = self.tables();
+            let recent = t
+                .looked_up
+                .get(parent)
+                .is_some_and(|at| now.duration_since(*at) < DIR_TTL);
+            if !recent {
+                if t.looked_up.len() >= LOOKED_UP_MAX {
+                    t.looked_up
+                        .retain(|_, at| now.duration_since(*at) < DIR_TTL);
+                }
+                t.looked_up.insert(parent.to_owned(), now);
+                return Listed::Unknown;
+            }
+        }
+        match self.list_entries(parent, false, Some(DIR_CACHE_MAX)) {
             Ok(entries) => {
-                let d = DirEntries::from_listing(&entries);
+                let d = match entries {
+                    Some(entries) => DirEntries::from_listing(&entries),
+                    None => DirEntries::too_large(),
+                };
                 let answer = d.lookup(name);
                 self.tables().dir_cache.insert(parent.to_owned(), d);
                 answer
@@ -803,40 +841,78 @@ impl ObjectFs {
         Ok(())
     }
 
-    fn list_dir(&self, path: &str) -> Result<Vec<(String, Kind, u64)>, Errno> {
+    /// The entries of the directory at `path` (name, kind, size), as `readdir` shows them.
+    fn list_dir(&self, path: &str) -> Result<Vec<Entry>, Errno> {
+        Ok(self.list_entries(path, true, None)?.unwrap_or_default())
+    }
+
+    /// Whether the directory at `path` has no entries (its marker aside). Stops at the first
+    /// entry found, however large the directory.
+    fn is_empty_dir(&self, path: &str) -> Result<bool, Errno> {
+        Ok(self.list_entries(path, true, Some(0))?.is_some())
+    }
+
+    /// Lists the directory at `path` page by page. With `verify`, a sub-prefix counts as a
+    /// directory only while live objects are under it (checked concurrently): a local
+    /// directory store keeps emptied directories on disk (after a rename, say), and some S3
+    /// servers (moto, versioned buckets) report prefixes that hold only delete markers. Lookups
+    /// skip that, as they ask for the name itself. With `limit`, listing stops once the
+    /// directory is known to hold more entries than that: `None`.
+    fn list_entries(
+        &self,
+        path: &str,
+        verify: bool,
+        limit: Option<usize>,
+    ) -> Result<Option<Vec<Entry>>, Errno> {
         let key = self.key(path);
         let prefix = if path.is_empty() && self.root.is_empty() {
             None
         } else {
             Some(&key)
         };
-        let listing = self
-            .runtime
-            .block_on(self.objects.store().list_with_delimiter(prefix))
-            .map_err(|e| errno_of(&e))?;
-        let mut entries = Vec::new();
-        for dir in listing.common_prefixes {
-            // Only a prefix with live objects under it is a directory here. A local directory
-            // store keeps emptied directories on disk (after a rename, say), and some S3
-            // servers (moto, versioned buckets) report prefixes that hold only delete markers.
-            let live = self
-                .runtime
-                .block_on(self.objects.has_children(&dir))
-                .map_err(|e| errno_of(&e))?;
-            if let Some(name) = dir.filename()
-                && live
-            {
-                entries.push((name.to_owned(), Kind::Dir, 0));
+        let over = |n: usize| limit.is_some_and(|l| n > l);
+        self.runtime.block_on(async {
+            let mut entries = Vec::new();
+            let mut token = None;
+            loop {
+                let (page, next) = self
+                    .objects
+                    .list_page(prefix, token)
+                    .await
+                    .map_err(|e| errno_of(&e))?;
+                for obj in page.objects {
+                    if let Some(name) = obj.location.filename()
+                        && name != DIR_MARKER
+                    {
+                        entries.push((name.to_owned(), Kind::File, obj.size));
+                    }
+                }
+                if over(entries.len()) {
+                    return Ok(None);
+                }
+                let mut dirs = futures_util::stream::iter(page.common_prefixes)
+                    .map(|dir| async move {
+                        let live = !verify || self.objects.has_children(&dir).await?;
+                        Ok::<_, object_store::Error>((dir, live))
+                    })
+                    .buffered(VERIFY_PARALLEL);
+                while let Some(checked) = dirs.next().await {
+                    let (dir, live) = checked.map_err(|e| errno_of(&e))?;
+                    if let Some(name) = dir.filename()
+                        && live
+                    {
+                        entries.push((name.to_owned(), Kind::Dir, 0));
+                    }
+                    if over(entries.len()) {
+                        return Ok(None);
+                    }
+                }
+                match next {
+                    Some(next) => token = Some(next),
+                    None => return Ok(Some(entries)),
+                }
             }
-        }
-        for obj in listing.objects {
-            if let Some(name) = obj.location.filename()
-                && name != DIR_MARKER
-            {
-                entries.push((name.to_owned(), Kind::File, obj.size));
-            }
-        }
-        Ok(entries)
+        })
     }
 
     /// Parent node and the child's path, after checking `who` may change the parent.
@@ -1220,7 +1296,7 @@ impl Filesystem for ObjectFs {
             if node.kind() != Kind::Dir {
                 return Err(Errno::ENOTDIR);
             }
-            if !self.list_dir(&path)?.is_empty() {
+            if !self.is_empty_dir(&path)? {
                 return Err(Errno::ENOTEMPTY);
             }
             match self
@@ -1271,7 +1347,7 @@ impl Filesystem for ObjectFs {
                         if existing.kind() != Kind::Dir {
                             return Err(Errno::ENOTDIR);
                         }
-                        if !self.list_dir(&to)?.is_empty() {
+                        if !self.is_empty_dir(&to)? {
                             return Err(Errno::ENOTEMPTY);
                         }
                     }
@@ -1709,6 +1785,198 @@ const O_TRUNC: i32 = 0o1000;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::stream::BoxStream;
+    use object_store::memory::InMemory;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+        PutMultipartOptions, PutOptions, PutResult,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An in-memory bucket that counts the listings asked of it.
+    #[derive(Debug, Default)]
+    struct Counted {
+        inner: InMemory,
+        /// `list_with_delimiter` calls: directory listings.
+        listings: AtomicUsize,
+        /// `list` calls: prefix checks.
+        checks: AtomicUsize,
+    }
+
+    impl std::fmt::Display for Counted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Counted({})", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counted {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
+        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<ListResult> {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &ObjectPath,
+            to: &ObjectPath,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// A file system over `store` (bucket root), with its own runtime: its methods block on
+    /// it, so tests call them from the test thread.
+    fn fs_over(store: Arc<Counted>) -> (ObjectFs, tokio::runtime::Runtime, tempfile::TempDir) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let staging = tempfile::tempdir().expect("staging");
+        let objects = Objects::new(store, None, None).expect("objects");
+        let identity = Identity {
+            user: None,
+            default_uid: 0,
+            default_gid: 0,
+        };
+        let fs = ObjectFs::new(
+            objects,
+            "",
+            identity,
+            runtime.handle().clone(),
+            staging.path().to_owned(),
+            0,
+        );
+        (fs, runtime, staging)
+    }
+
+    fn put(runtime: &tokio::runtime::Runtime, store: &Counted, key: &str, len: usize) {
+        runtime
+            .block_on(store.put(&ObjectPath::from(key), vec![b'x'; len].into()))
+            .expect("put");
+    }
+
+    #[test]
+    fn the_first_lookup_in_a_directory_asks_for_its_name_and_the_next_ones_list_it() {
+        let store = Arc::new(Counted::default());
+        let (fs, rt, _staging) = fs_over(store.clone());
+        put(&rt, &store, "d/a", 10);
+        put(&rt, &store, "d/b", 20);
+        put(&rt, &store, "d/sub/c", 1);
+        assert_eq!(
+            fs.listed("d", "a"),
+            Listed::Unknown,
+            "first lookup: no listing"
+        );
+        assert_eq!(store.listings.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            fs.listed("d", "b"),
+            Listed::File(20),
+            "second lookup: listed"
+        );
+        assert_eq!(fs.listed("d", "sub"), Listed::Dir);
+        assert_eq!(fs.listed("d", "nope"), Listed::Absent);
+        assert_eq!(
+            store.listings.load(Ordering::SeqCst),
+            1,
+            "one listing answers all"
+        );
+        // Lookups do not check sub-prefixes: a lookup of the name asks for it itself.
+        assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+        // Another directory starts over.
+        assert_eq!(fs.listed("d/sub", "c"), Listed::Unknown);
+    }
+
+    #[test]
+    fn a_directory_too_large_to_keep_answers_lookups_by_name() {
+        let store = Arc::new(Counted::default());
+        let (fs, rt, _staging) = fs_over(store.clone());
+        for i in 0..=DIR_CACHE_MAX {
+            put(&rt, &store, &format!("big/f{i:05}"), 1);
+        }
+        assert_eq!(fs.listed("big", "f00000"), Listed::Unknown);
+        assert_eq!(
+            fs.listed("big", "f00001"),
+            Listed::Unknown,
+            "too large to keep"
+        );
+        assert_eq!(fs.listed("big", "f00002"), Listed::Unknown);
+        assert_eq!(
+            store.listings.load(Ordering::SeqCst),
+            1,
+            "not listed again while the answer is fresh"
+        );
+        assert_eq!(
+            fs.list_dir("big").expect("readdir").len(),
+            DIR_CACHE_MAX + 1
+        );
+    }
+
+    #[test]
+    fn emptiness_is_decided_by_the_first_live_entry() {
+        let store = Arc::new(Counted::default());
+        let (fs, rt, _staging) = fs_over(store.clone());
+        for i in 0..40 {
+            put(&rt, &store, &format!("full/d{i:02}/x"), 1);
+        }
+        put(&rt, &store, &format!("empty/{DIR_MARKER}"), 0);
+        assert!(!fs.is_empty_dir("full").expect("full"));
+        let checks = store.checks.load(Ordering::SeqCst);
+        assert!(
+            checks <= VERIFY_PARALLEL,
+            "{checks} sub-directories checked to find one entry"
+        );
+        assert!(
+            fs.is_empty_dir("empty").expect("empty"),
+            "the marker is no entry"
+        );
+        let names: Vec<String> = fs
+            .list_dir("full")
+            .expect("readdir")
+            .into_iter()
+            .map(|(n, _, _)| n)
+            .collect();
+        assert_eq!(names.len(), 40, "readdir still checks and shows every one");
+    }
 
     fn posix(uid: u32, gid: u32, mode: u32) -> Posix {
         Posix {

@@ -17,8 +17,8 @@ use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, AttributeValue, Attributes, GetOptions, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, GetOptions, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
 };
 
 /// File type bits of `st_mode`.
@@ -150,6 +150,29 @@ impl Objects {
             Some(Ok(_)) => Ok(true),
             Some(Err(e)) => Err(e),
             None => Ok(false),
+        }
+    }
+
+    /// One page of the listing of the directory at `prefix` (`None`: the bucket root): its
+    /// objects and sub-prefixes, and the token of the next page if there is one. On S3 a page
+    /// is one request (up to 1,000 names); a local bucket is listed whole in one page.
+    pub async fn list_page(
+        &self,
+        prefix: Option<&ObjectPath>,
+        token: Option<String>,
+    ) -> object_store::Result<(ListResult, Option<String>)> {
+        match &self.paged {
+            Some(paged) => {
+                let prefix = prefix.map(|p| format!("{p}/"));
+                let opts = PaginatedListOptions {
+                    delimiter: Some("/".into()),
+                    page_token: token,
+                    ..Default::default()
+                };
+                let page = paged.list_paginated(prefix.as_deref(), opts).await?;
+                Ok((page.result, page.page_token))
+            }
+            None => Ok((self.store.list_with_delimiter(prefix).await?, None)),
         }
     }
 
