@@ -6,15 +6,20 @@
 //! ```text
 //! apt-get install -y s3fs rclone fuse3        # the peers (a missing peer is reported and skipped)
 //! cargo bench --bench dataplane -- [--size-mib 1024] [--small 2000] [--entries 10000]
-//!                                  [--s3-url http://HOST:PORT] [--tools s3files-csi,s3fs,rclone]
+//!                                  [--server moto|s3s-fs] [--s3-url http://HOST:PORT]
+//!                                  [--tools s3files-csi,s3fs,rclone]
 //! ```
 //!
-//! Without `--s3-url` it starts `moto_server` on loopback. Needs root and /dev/fuse.
+//! Without `--s3-url` it starts a fresh server on loopback for each tool: `moto_server` by
+//! default, or `s3s-fs` (in this process, from the s3s crates). Needs root and /dev/fuse.
 //!
 //! Rows: sequential write of one file (timed until the object is complete in the bucket),
 //! sequential read of it (fresh mount, page cache dropped), creating N small files (4 KiB, one
 //! process, one at a time, until all are in the bucket), reading them back (fresh mount), and
 //! listing a directory of M entries (names, as `ls -f`; fresh mount).
+
+#[path = "support/s3s_fs.rs"]
+mod s3s_fs_server;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -32,6 +37,7 @@ use s3files_csi::cloud::{NewAccessPoint, NewFileSystem, S3Files};
 use s3files_csi::emulator::faults::FaultConfig;
 use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config, Emulator};
+use s3s_fs_server::S3sFs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3files-csi");
 const KEY_ID: &str = "AKIDBENCH";
@@ -46,7 +52,18 @@ struct Args {
     small: usize,
     entries: usize,
     s3_url: Option<String>,
+    server: ServerKind,
     tools: Vec<String>,
+}
+
+/// The S3 server the bench starts (one per tool) when no `--s3-url` is given.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ServerKind {
+    /// `moto_server` (PyPI): Python, one core; what the test suite mounts over.
+    Moto,
+    /// `s3s-fs` (crates.io): Rust, files on local disk, every core; run in this process with
+    /// two quirks mended (`support/s3s_fs.rs`).
+    S3sFs,
 }
 
 fn args() -> Args {
@@ -55,6 +72,7 @@ fn args() -> Args {
         small: 2000,
         entries: 10_000,
         s3_url: None,
+        server: ServerKind::Moto,
         tools: vec!["s3files-csi".into(), "s3fs".into(), "rclone".into()],
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -66,6 +84,13 @@ fn args() -> Args {
             "--small" => a.small = value.parse().expect("--small N"),
             "--entries" => a.entries = value.parse().expect("--entries N"),
             "--s3-url" => a.s3_url = Some(value),
+            "--server" => {
+                a.server = match value.as_str() {
+                    "moto" => ServerKind::Moto,
+                    "s3s-fs" => ServerKind::S3sFs,
+                    other => panic!("--server moto|s3s-fs, not {other:?}"),
+                }
+            }
             "--tools" => a.tools = value.split(',').map(str::to_owned).collect(),
             _ => {
                 i += 1;
@@ -512,11 +537,11 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// One measurement's S3 server and bucket: a fresh `moto_server` per tool (moto lists by
-/// scanning its whole bucket and keeps every object in one process, so a shared server would
-/// favour whoever runs first), or a bucket of its own on the server given by `--s3-url`.
+/// One measurement's S3 server and bucket: a fresh server per tool (moto lists by scanning
+/// its whole bucket and keeps every object in one process, so a shared server would favour
+/// whoever runs first), or a bucket of its own on the server given by `--s3-url`.
 struct Server {
-    child: Option<Child>,
+    running: Running,
     url: String,
     bucket: String,
     store: Arc<dyn ObjectStore>,
@@ -524,17 +549,28 @@ struct Server {
 
 impl Server {
     async fn start(a: &Args, name: &str) -> anyhow::Result<Server> {
-        let (child, url) = match &a.s3_url {
-            Some(url) => (None, url.clone()),
-            None => {
+        // Unique per run: a server given by --s3-url keeps the buckets of earlier runs.
+        let bucket = format!("bench-{name}-{}", std::process::id());
+        let (running, url) = match (&a.s3_url, a.server) {
+            (Some(url), _) => (Running::Elsewhere, url.clone()),
+            (None, ServerKind::Moto) => {
                 let (child, url) = start_moto()?;
-                (Some(child), url)
+                (Running::Child(child), url)
+            }
+            (None, ServerKind::S3sFs) => {
+                let root = tempfile::tempdir()?;
+                // s3s-fs keeps a bucket as a directory of its root.
+                std::fs::create_dir(root.path().join(&bucket))?;
+                let server = S3sFs::start(root.path(), KEY_ID, SECRET)?;
+                let url = server.url.clone();
+                (Running::InProcess(server, root), url)
             }
         };
-        let bucket = format!("bench-{name}");
-        // Versioned, as S3 Files requires of its buckets (rclone also relies on it with moto:
-        // it checks uploads by version id).
-        s3files_csi::http1::ensure_versioned_bucket(&url, &bucket).await?;
+        if a.server == ServerKind::Moto || a.s3_url.is_some() {
+            // Versioned, as S3 Files requires of its buckets (rclone also relies on it with
+            // moto: it checks uploads by version id). s3s-fs has no versioning.
+            s3files_csi::http1::ensure_versioned_bucket(&url, &bucket).await?;
+        }
         let store: Arc<dyn ObjectStore> = Arc::new(
             AmazonS3Builder::new()
                 .with_endpoint(&url)
@@ -546,7 +582,7 @@ impl Server {
                 .build()?,
         );
         Ok(Server {
-            child,
+            running,
             url,
             bucket,
             store,
@@ -554,9 +590,18 @@ impl Server {
     }
 }
 
+/// Where a measurement's server runs.
+enum Running {
+    /// Started by `--s3-url`'s owner.
+    Elsewhere,
+    Child(Child),
+    /// Held until the measurement ends (dropping it stops the server), with its data directory.
+    InProcess(S3sFs, #[allow(dead_code)] tempfile::TempDir),
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
+        if let Running::Child(child) = &mut self.running {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -628,9 +673,10 @@ async fn main() -> anyhow::Result<()> {
         a.small,
         SMALL_SIZE / 1024,
         a.entries,
-        match &a.s3_url {
-            None => "moto_server on loopback, a fresh one per tool",
-            Some(url) => url.as_str(),
+        match (&a.s3_url, a.server) {
+            (None, ServerKind::Moto) => "moto_server on loopback, a fresh one per tool",
+            (None, ServerKind::S3sFs) => "s3s-fs on loopback, a fresh one per tool",
+            (Some(url), _) => url.as_str(),
         }
     );
     eprintln!("raw...");
@@ -674,6 +720,11 @@ async fn main() -> anyhow::Result<()> {
         let a2 = a.clone();
         let outcome =
             tokio::task::spawn_blocking(move || measure_mount(tool, &setup, &raw, &a2)).await?;
+        if let Running::InProcess(s3s, _) = &server.running {
+            let counts = s3s.requests.lock().map(|c| c.clone()).unwrap_or_default();
+            let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+            println!("{}: requests served: {}", tool.name(), counts.join(", "));
+        }
         match outcome {
             Ok(f) => results.push((tool, Some(f))),
             Err(e) => {
