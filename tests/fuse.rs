@@ -170,8 +170,9 @@ async fn mount(emu: &RunningEmulator, fs: &str, ap: &str, extra: &str) -> Mounte
         move || {
             Command::new(BIN)
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                // object_store logs its retries at info: failures then say what the server did.
-                .env("RUST_LOG", "s3files_csi=debug,object_store=info")
+                // object_store logs its retries at info: failures then say what the server did;
+                // fuser warns of requests the file system leaves unanswered.
+                .env("RUST_LOG", "s3files_csi=debug,object_store=info,fuser=warn")
                 .arg("mount")
                 .arg(&fs_owned)
                 .arg(&target)
@@ -772,4 +773,23 @@ async fn a_relative_mount_point_is_mounted_where_it_points() {
     })
     .await
     .expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_whether_a_file_is_a_terminal_is_answered_quietly() {
+    let w = World::start(Backend::Local).await;
+    let m = w.mount("").await;
+    let t = m.target.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(t.join("plain"), b"x").expect("create");
+        // What every Python open() and many shells ask of each file they open.
+        for _ in 0..3 {
+            let f = std::fs::File::open(t.join("plain")).expect("open");
+            assert!(!nix::unistd::isatty(&f).expect("isatty"), "not a terminal");
+        }
+    })
+    .await
+    .expect("isatty");
+    let log = m.log();
+    assert!(!log.contains("ioctl"), "the mount logged ioctls:\n{log}");
 }

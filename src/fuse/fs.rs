@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
-    WriteFlags,
+    INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
@@ -207,7 +207,39 @@ struct Tables {
 pub struct User {
     pub uid: u32,
     pub gid: u32,
-    pub groups: Vec<u32>,
+    pub groups: Groups,
+}
+
+/// Supplementary groups of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Groups {
+    /// Known up front (an access point's POSIX user).
+    Listed(Vec<u32>),
+    /// The calling process's, read from /proc the first time a check needs them: most checks
+    /// are settled by the owner or the primary group, and a lookup or create should not cost
+    /// a read of /proc.
+    OfProcess {
+        pid: u32,
+        read: std::sync::OnceLock<Vec<u32>>,
+    },
+}
+
+impl Groups {
+    pub fn of_process(pid: u32) -> Groups {
+        Groups::OfProcess {
+            pid,
+            read: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn contains(&self, gid: u32) -> bool {
+        match self {
+            Groups::Listed(groups) => groups.contains(&gid),
+            Groups::OfProcess { pid, read } => {
+                read.get_or_init(|| caller_groups(*pid)).contains(&gid)
+            }
+        }
+    }
 }
 
 /// Whose identity operations carry.
@@ -249,7 +281,7 @@ fn permits(who: &User, p: &Posix, want: u32) -> bool {
     }
     let bits = if who.uid == p.uid {
         p.mode >> 6
-    } else if who.gid == p.gid || who.groups.contains(&p.gid) {
+    } else if who.gid == p.gid || who.groups.contains(p.gid) {
         p.mode >> 3
     } else {
         p.mode
@@ -341,7 +373,7 @@ impl ObjectFs {
             None => User {
                 uid: req.uid(),
                 gid: req.gid(),
-                groups: caller_groups(req.pid()),
+                groups: Groups::of_process(req.pid()),
             },
         }
     }
@@ -1011,7 +1043,7 @@ impl ObjectFs {
         if let Some(gid) = gid
             && gid != posix.gid
         {
-            let member = who.gid == gid || who.groups.contains(&gid);
+            let member = who.gid == gid || who.groups.contains(gid);
             if who.uid != 0 && !(owner && member) {
                 return Err(Errno::EPERM);
             }
@@ -1754,6 +1786,23 @@ impl Filesystem for ObjectFs {
         answer(reply, result);
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No ioctls, as on a plain file. Answered quietly: programs ask on every open (is it
+        // a terminal?), and the default answer logs a warning each time, which filled the
+        // mount's log.
+        reply.error(Errno::ENOTTY);
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // An elastic file system: report 8 EiB, as NFS clients of S3 Files see.
         let blocks = 1u64 << 51;
@@ -1992,7 +2041,7 @@ mod tests {
         let alice = User {
             uid: 1000,
             gid: 1000,
-            groups: vec![50],
+            groups: Groups::Listed(vec![50]),
         };
         let file = posix(1000, 1000, S_IFREG | 0o640);
         assert!(permits(&alice, &file, R | W));
@@ -2006,7 +2055,7 @@ mod tests {
         let root = User {
             uid: 0,
             gid: 0,
-            groups: vec![],
+            groups: Groups::Listed(vec![]),
         };
         assert!(permits(&root, &posix(5, 5, S_IFREG), R | W));
         assert!(!permits(&root, &posix(5, 5, S_IFREG | 0o644), X));

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::fs::{DIR_MARKER, Identity, ObjectFs, User};
+use super::fs::{DIR_MARKER, Groups, Identity, ObjectFs, User};
 use super::objects::{Objects, Posix, S_IFDIR};
 
 /// Read-ahead memory per mount.
@@ -135,7 +135,7 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
             let user = ap.posix_user.as_ref().map(|u| User {
                 uid: u.uid,
                 gid: u.gid,
-                groups: u.secondary_gids.clone(),
+                groups: Groups::Listed(u.secondary_gids.clone()),
             });
             let creation = ap.creation_permissions.as_ref().map(|c| Posix {
                 uid: c.owner_uid,
