@@ -21,6 +21,7 @@
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -37,10 +38,13 @@ use s3files_csi::cloud::{NewAccessPoint, NewFileSystem, S3Files};
 use s3files_csi::emulator::faults::FaultConfig;
 use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config, Emulator};
-use s3s_fs_server::S3sFs;
+use s3s_fs_server::{Requests, S3sFs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_s3files-csi");
 const KEY_ID: &str = "AKIDBENCH";
+/// The bench's own requests (is the upload complete yet?) use this key; only on s3s-fs is it
+/// told apart, so its request counts are the tools' own.
+const CHECK_KEY_ID: &str = "AKIDCHECK";
 const SECRET: &str = "benchsecret";
 const SMALL_SIZE: usize = 4096;
 /// Parallelism of the raw ceiling: parts in flight, as our mount uses.
@@ -110,6 +114,47 @@ struct Figures {
     create_fps: Option<f64>,
     read_fps: Option<f64>,
     list_eps: Option<f64>,
+    /// Requests the tool made in each row (by row label), where the server counts them.
+    requests: BTreeMap<&'static str, Counts>,
+}
+
+const WRITE: &str = "sequential write";
+const READ: &str = "sequential read";
+const CREATE: &str = "small files created";
+const SMALL_READ: &str = "small files read";
+const LIST: &str = "directory listed";
+
+/// Requests by S3 operation.
+type Counts = BTreeMap<String, u64>;
+
+/// The server's request counts (s3s-fs only), for what each row asked of the server.
+#[derive(Clone, Default)]
+struct Tally(Option<Requests>);
+
+impl Tally {
+    fn now(&self) -> Counts {
+        self.0
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|c| c.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Records in `f` what was asked since `start` (from [`Tally::now`]) as `row`'s requests.
+    fn row(&self, f: &mut Figures, row: &'static str, start: &Counts) {
+        if self.0.is_none() {
+            return;
+        }
+        let diff = self
+            .now()
+            .into_iter()
+            .map(|(op, n)| {
+                let before = start.get(&op).copied().unwrap_or(0);
+                (op, n - before)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        f.requests.insert(row, diff);
+    }
 }
 
 /// Picks one row's figure.
@@ -259,9 +304,11 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
+/// The bench's own look at the bucket (with credentials the server does not count).
 struct Raw {
     store: Arc<dyn ObjectStore>,
     rt: tokio::runtime::Handle,
+    tally: Tally,
 }
 
 impl Raw {
@@ -313,6 +360,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let m = mount(tool, s, "write")?;
     let dir = m.join(sub);
     std::fs::create_dir_all(dir.join("small"))?;
+    let c = raw.tally.now();
     let t = Instant::now();
     let mut file = std::fs::File::create(dir.join("big.bin"))?;
     let mut left = size;
@@ -324,8 +372,10 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     drop(file);
     raw.wait_for(&format!("{key_base}/big.bin"), size)?;
     f.write_mbs = Some(mbs(size, t.elapsed()));
+    raw.tally.row(&mut f, WRITE, &c);
     eprintln!("  {}: sequential write done", tool.name());
 
+    let c = raw.tally.now();
     let t = Instant::now();
     for i in 0..a.small {
         std::fs::write(dir.join(format!("small/f{i:05}")), &buf[..SMALL_SIZE])?;
@@ -337,6 +387,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
         std::thread::sleep(Duration::from_millis(20));
     }
     f.create_fps = (!skip_small).then(|| a.small as f64 / t.elapsed().as_secs_f64());
+    raw.tally.row(&mut f, CREATE, &c);
     eprintln!("  {}: small files created", tool.name());
     std::fs::create_dir_all(dir.join("list"))?;
     unmount(&m);
@@ -344,6 +395,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     drop_caches();
     let m = mount(tool, s, "read")?;
     let dir = m.join(sub);
+    let c = raw.tally.now();
     let t = Instant::now();
     let mut file = std::fs::File::open(dir.join("big.bin"))?;
     let mut chunk = vec![0u8; 1 << 20];
@@ -363,8 +415,10 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
     f.read_mbs = Some(mbs(size, t.elapsed()));
     drop(file);
+    raw.tally.row(&mut f, READ, &c);
     eprintln!("  {}: sequential read done", tool.name());
 
+    let c = raw.tally.now();
     let t = Instant::now();
     for i in 0..a.small {
         let got = std::fs::read(dir.join(format!("small/f{i:05}")))?;
@@ -375,6 +429,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
         );
     }
     f.read_fps = (!skip_small).then(|| a.small as f64 / t.elapsed().as_secs_f64());
+    raw.tally.row(&mut f, SMALL_READ, &c);
     eprintln!("  {}: small files read", tool.name());
     unmount(&m);
     if a.entries == 0 {
@@ -385,9 +440,11 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     populate(raw, &format!("{key_base}/list"), a.entries)?;
     drop_caches();
     let m = mount(tool, s, "list")?;
+    let c = raw.tally.now();
     let t = Instant::now();
     let n = std::fs::read_dir(m.join(sub).join("list"))?.count();
     let elapsed = t.elapsed();
+    raw.tally.row(&mut f, LIST, &c);
     unmount(&m);
     // s3fs and rclone also show our hidden directory marker; nothing else may be missing.
     anyhow::ensure!(n >= a.entries, "listed {n} of {} entries", a.entries);
@@ -416,11 +473,16 @@ fn populate(raw: &Raw, prefix: &str, n: usize) -> anyhow::Result<()> {
 }
 
 /// The ceiling: the same rows as plain S3 requests with the mount's parallelism.
-async fn measure_raw(store: Arc<dyn ObjectStore>, a: &Args) -> anyhow::Result<Figures> {
+async fn measure_raw(
+    store: Arc<dyn ObjectStore>,
+    tally: &Tally,
+    a: &Args,
+) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     let size = a.size_mib << 20;
     let buf = bytes::Bytes::from(pattern());
     let key = ObjectPath::from("raw/big.bin");
+    let c = tally.now();
     let t = Instant::now();
     let upload = store.put_multipart(&key).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART as usize);
@@ -433,10 +495,12 @@ async fn measure_raw(store: Arc<dyn ObjectStore>, a: &Args) -> anyhow::Result<Fi
     }
     writer.finish().await?;
     f.write_mbs = Some(mbs(size, t.elapsed()));
+    tally.row(&mut f, WRITE, &c);
 
     // The mounts read after a remount with the page cache dropped, which also drops moto's copy
     // of the object (moto keeps values above 5 MiB in temporary files): raw reads the same way.
     drop_caches();
+    let c = tally.now();
     let t = Instant::now();
     let ranges: Vec<_> = (0..size.div_ceil(PART))
         .map(|i| i * PART..((i + 1) * PART).min(size))
@@ -468,19 +532,25 @@ async fn measure_raw(store: Arc<dyn ObjectStore>, a: &Args) -> anyhow::Result<Fi
         "raw sequential read: {ranged:.1} MiB/s as {RAW_PARALLEL} parallel 8 MiB ranges, {streamed:.1} MiB/s as one streaming GET"
     );
     f.read_mbs = Some(ranged.max(streamed));
+    // Both ways of reading.
+    tally.row(&mut f, READ, &c);
 
+    let c = tally.now();
     let t = Instant::now();
     for i in 0..a.small {
         let key = ObjectPath::from(format!("raw/small/f{i:05}"));
         store.put(&key, buf.slice(..SMALL_SIZE).into()).await?;
     }
     f.create_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+    tally.row(&mut f, CREATE, &c);
+    let c = tally.now();
     let t = Instant::now();
     for i in 0..a.small {
         let key = ObjectPath::from(format!("raw/small/f{i:05}"));
         store.get(&key).await?.bytes().await?;
     }
     f.read_fps = Some(a.small as f64 / t.elapsed().as_secs_f64());
+    tally.row(&mut f, SMALL_READ, &c);
 
     let prefix = ObjectPath::from("raw/list");
     futures_util::stream::iter(0..a.entries)
@@ -494,11 +564,39 @@ async fn measure_raw(store: Arc<dyn ObjectStore>, a: &Args) -> anyhow::Result<Fi
         .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
+    let c = tally.now();
     let t = Instant::now();
     let listing = store.list_with_delimiter(Some(&prefix)).await?;
     anyhow::ensure!(listing.objects.len() == a.entries, "raw listing short");
     f.list_eps = Some(a.entries as f64 / t.elapsed().as_secs_f64());
+    tally.row(&mut f, LIST, &c);
     Ok(f)
+}
+
+/// What each tool asked of the server in each row, where the server counted it.
+fn print_requests(raw: &Figures, results: &[(Tool, Option<Figures>)]) {
+    let mut tools: Vec<(&str, &Figures)> = vec![("raw", raw)];
+    tools.extend(
+        results
+            .iter()
+            .filter_map(|(t, f)| f.as_ref().map(|f| (t.name(), f))),
+    );
+    if tools.iter().all(|(_, f)| f.requests.is_empty()) {
+        return;
+    }
+    println!();
+    println!("requests per row, as the server counted them:");
+    for row in [WRITE, READ, CREATE, SMALL_READ, LIST] {
+        println!("  {row}");
+        for (name, f) in &tools {
+            let Some(counts) = f.requests.get(row) else {
+                continue;
+            };
+            let total: u64 = counts.values().sum();
+            let each: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
+            println!("    {name:<12} {total:>7}  {}", each.join(", "));
+        }
+    }
 }
 
 fn start_moto() -> anyhow::Result<(Child, String)> {
@@ -544,7 +642,11 @@ struct Server {
     running: Running,
     url: String,
     bucket: String,
+    /// With the tools' credentials.
     store: Arc<dyn ObjectStore>,
+    /// With the bench's own, which s3s-fs does not count.
+    checker: Arc<dyn ObjectStore>,
+    tally: Tally,
 }
 
 impl Server {
@@ -558,10 +660,19 @@ impl Server {
                 (Running::Child(child), url)
             }
             (None, ServerKind::S3sFs) => {
-                let root = tempfile::tempdir()?;
+                // In memory where the machine has /dev/shm: the fast server stands for a
+                // remote S3 that this machine's disk does not slow (on disk its figures moved
+                // 2x between runs with journal commits).
+                let shm = Path::new("/dev/shm");
+                let root = if shm.is_dir() {
+                    tempfile::tempdir_in(shm)?
+                } else {
+                    tempfile::tempdir()?
+                };
                 // s3s-fs keeps a bucket as a directory of its root.
                 std::fs::create_dir(root.path().join(&bucket))?;
-                let server = S3sFs::start(root.path(), KEY_ID, SECRET)?;
+                let keys = [(KEY_ID, SECRET), (CHECK_KEY_ID, SECRET)];
+                let server = S3sFs::start(root.path(), &keys, KEY_ID)?;
                 let url = server.url.clone();
                 (Running::InProcess(server, root), url)
             }
@@ -571,21 +682,31 @@ impl Server {
             // moto: it checks uploads by version id). s3s-fs has no versioning.
             s3files_csi::http1::ensure_versioned_bucket(&url, &bucket).await?;
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(
-            AmazonS3Builder::new()
-                .with_endpoint(&url)
-                .with_allow_http(true)
-                .with_bucket_name(&bucket)
-                .with_region("us-east-1")
-                .with_access_key_id(KEY_ID)
-                .with_secret_access_key(SECRET)
-                .build()?,
-        );
+        let client = |key_id: &str| -> anyhow::Result<Arc<dyn ObjectStore>> {
+            Ok(Arc::new(
+                AmazonS3Builder::new()
+                    .with_endpoint(&url)
+                    .with_allow_http(true)
+                    .with_bucket_name(&bucket)
+                    .with_region("us-east-1")
+                    .with_access_key_id(key_id)
+                    .with_secret_access_key(SECRET)
+                    .build()?,
+            ))
+        };
+        let (checker, tally) = match &running {
+            Running::InProcess(server, _) => {
+                (client(CHECK_KEY_ID)?, Tally(Some(server.requests.clone())))
+            }
+            _ => (client(KEY_ID)?, Tally::default()),
+        };
         Ok(Server {
+            store: client(KEY_ID)?,
+            checker,
+            tally,
             running,
             url,
             bucket,
-            store,
         })
     }
 }
@@ -682,7 +803,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("raw...");
     let raw_figures = {
         let server = Server::start(&a, "raw").await?;
-        measure_raw(server.store.clone(), &a).await?
+        measure_raw(server.store.clone(), &server.tally, &a).await?
     };
     let a = Arc::new(a);
     let mut results: Vec<(Tool, Option<Figures>)> = Vec::new();
@@ -714,17 +835,13 @@ async fn main() -> anyhow::Result<()> {
             },
         };
         let raw = Raw {
-            store: server.store.clone(),
+            store: server.checker.clone(),
             rt: tokio::runtime::Handle::current(),
+            tally: server.tally.clone(),
         };
         let a2 = a.clone();
         let outcome =
             tokio::task::spawn_blocking(move || measure_mount(tool, &setup, &raw, &a2)).await?;
-        if let Running::InProcess(s3s, _) = &server.running {
-            let counts = s3s.requests.lock().map(|c| c.clone()).unwrap_or_default();
-            let counts: Vec<String> = counts.iter().map(|(op, n)| format!("{op} {n}")).collect();
-            println!("{}: requests served: {}", tool.name(), counts.join(", "));
-        }
         match outcome {
             Ok(f) => results.push((tool, Some(f))),
             Err(e) => {
@@ -741,6 +858,7 @@ async fn main() -> anyhow::Result<()> {
         ("small files read (files/s)", |f| f.read_fps),
         ("directory listed (entries/s)", |f| f.list_eps),
     ];
+    print_requests(&raw_figures, &results);
     let get = |tool: Tool, row: Row| {
         results
             .iter()

@@ -18,4 +18,5 @@ pub mod fs;
 pub mod helper;
 pub mod objects;
 pub mod prefetch;
+pub mod staging;
 pub mod stream;

@@ -23,10 +23,11 @@ use s3s::{S3Request, S3Result, s3_error};
 /// Requests served, by S3 operation.
 pub type Requests = Arc<Mutex<BTreeMap<String, u64>>>;
 
-/// Counts requests and answers 404 for keys that are directories on disk; otherwise it checks
-/// what s3s does by default (signed requests only).
+/// Counts the requests signed with one access key and answers 404 for keys that are
+/// directories on disk; otherwise it checks what s3s does by default (signed requests only).
 struct DirectoriesAreNoObjects {
     root: PathBuf,
+    counted: String,
     requests: Requests,
 }
 
@@ -42,13 +43,15 @@ impl DirectoriesAreNoObjects {
 #[async_trait::async_trait]
 impl S3Access for DirectoriesAreNoObjects {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
-        if let Ok(mut counts) = self.requests.lock() {
+        let Some(credentials) = cx.credentials() else {
+            return Err(s3_error!(AccessDenied, "Signature is required"));
+        };
+        if credentials.access_key == self.counted
+            && let Ok(mut counts) = self.requests.lock()
+        {
             *counts.entry(cx.s3_op().name().to_owned()).or_default() += 1;
         }
-        match cx.credentials() {
-            Some(_) => Ok(()),
-            None => Err(s3_error!(AccessDenied, "Signature is required")),
-        }
+        Ok(())
     }
 
     async fn head_object(&self, req: &mut S3Request<HeadObjectInput>) -> S3Result<()> {
@@ -68,8 +71,9 @@ pub struct S3sFs {
 }
 
 impl S3sFs {
-    /// Serves the buckets under `root` on a loopback port, for one access key.
-    pub fn start(root: &Path, access_key: &str, secret_key: &str) -> anyhow::Result<S3sFs> {
+    /// Serves the buckets under `root` on a loopback port to the holders of `keys` (access key,
+    /// secret key), counting the requests of `counted`.
+    pub fn start(root: &Path, keys: &[(&str, &str)], counted: &str) -> anyhow::Result<S3sFs> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("s3s-fs")
             .enable_all()
@@ -77,10 +81,15 @@ impl S3sFs {
         let root = root.canonicalize()?;
         let fs = s3s_fs::FileSystem::new(&root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
+        let mut auth = SimpleAuth::new();
+        for (access, secret) in keys {
+            auth.register((*access).to_owned(), (*secret).into());
+        }
+        builder.set_auth(auth);
         let requests = Requests::default();
         builder.set_access(DirectoriesAreNoObjects {
             root,
+            counted: counted.to_owned(),
             requests: requests.clone(),
         });
         let service = builder.build();

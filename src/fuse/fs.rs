@@ -2,10 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,13 +20,19 @@ use tracing::warn;
 
 use super::objects::{Objects, Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::prefetch::{Budget, Prefetch};
+use super::staging::{MemoryBudget, Staging};
 use super::stream::{Finished, Streaming};
+
+/// An open file's staged bytes, shared by the requests on its handle.
+type Shared = Arc<Mutex<Staging>>;
 
 /// Marker object that keeps an empty directory and carries the directory's attributes.
 pub const DIR_MARKER: &str = ".s3files-dir";
 /// Uploads larger than this use multipart.
 const MULTIPART_THRESHOLD: u64 = 16 << 20;
 const PART_SIZE: usize = 8 << 20;
+/// Memory one mount may hold in staged small files (see `staging`).
+const STAGING_MEMORY: u64 = 64 << 20;
 const TTL: Duration = Duration::from_secs(1);
 /// Modes of files and directories whose objects carry no POSIX attributes.
 const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -80,7 +83,7 @@ impl Node {
 struct Open {
     ino: u64,
     /// Local staging copy for writers; `None` for read-only handles.
-    staging: Option<File>,
+    staging: Option<Shared>,
     dirty: bool,
     /// Read-ahead state of a read-only handle.
     prefetch: Option<Arc<Mutex<Prefetch>>>,
@@ -262,6 +265,8 @@ pub struct ObjectFs {
     runtime: tokio::runtime::Handle,
     staging_dir: PathBuf,
     budget: Budget,
+    /// Memory that staged small files may hold.
+    memory: MemoryBudget,
     tables: Mutex<Tables>,
 }
 
@@ -331,6 +336,7 @@ impl ObjectFs {
             runtime,
             staging_dir,
             budget: Budget::new(prefetch_budget_bytes),
+            memory: MemoryBudget::new(STAGING_MEMORY),
             tables: Mutex::new(tables),
         }
     }
@@ -706,17 +712,27 @@ impl ObjectFs {
         (at.elapsed() < TTL).then_some(body)
     }
 
-    /// Uploads `file` as the object at `path` with `posix`.
-    fn upload(&self, path: &str, file: &mut File, posix: Posix) -> Result<u64, Errno> {
+    /// Uploads the staged bytes as the object at `path` with `posix`.
+    fn upload(&self, path: &str, staging: &Mutex<Staging>, posix: Posix) -> Result<u64, Errno> {
         let key = self.key(path);
-        let len = file.seek(SeekFrom::End(0)).map_err(|_| Errno::EIO)?;
-        file.seek(SeekFrom::Start(0)).map_err(|_| Errno::EIO)?;
+        let (len, in_memory) = {
+            let staged = lock(staging);
+            (staged.len().map_err(|_| Errno::EIO)?, staged.bytes())
+        };
         self.runtime.block_on(async {
             if len <= MULTIPART_THRESHOLD {
-                let mut buf = Vec::with_capacity(len as usize);
-                file.read_to_end(&mut buf).map_err(|_| Errno::EIO)?;
+                let body = match in_memory {
+                    Some(bytes) => bytes,
+                    None => {
+                        let mut buf = vec![0u8; len as usize];
+                        lock(staging)
+                            .read_exact_at(&mut buf, 0)
+                            .map_err(|_| Errno::EIO)?;
+                        buf.into()
+                    }
+                };
                 self.objects
-                    .put(&key, PutPayload::from(buf), posix)
+                    .put(&key, PutPayload::from(body), posix)
                     .await
                     .map_err(|e| errno_of(&e))?;
             } else {
@@ -726,18 +742,19 @@ impl ObjectFs {
                     .await
                     .map_err(|e| errno_of(&e))?;
                 let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-                let mut chunk = vec![0u8; PART_SIZE];
-                loop {
-                    let n = read_full(file, &mut chunk).map_err(|_| Errno::EIO)?;
-                    if n == 0 {
-                        break;
-                    }
+                let mut at = 0;
+                while at < len {
+                    let mut chunk = vec![0u8; (len - at).min(PART_SIZE as u64) as usize];
+                    lock(staging)
+                        .read_exact_at(&mut chunk, at)
+                        .map_err(|_| Errno::EIO)?;
                     // Bounded memory: wait while more than a few parts are in flight.
                     writer
                         .wait_for_capacity(4)
                         .await
                         .map_err(|e| errno_of(&e))?;
-                    writer.write(&chunk[..n]);
+                    at += chunk.len() as u64;
+                    writer.put(chunk.into());
                 }
                 writer.finish().await.map_err(|e| errno_of(&e))?;
                 self.objects.finished(&key, posix);
@@ -746,13 +763,13 @@ impl ObjectFs {
         })
     }
 
-    fn new_staging(&self) -> Result<File, Errno> {
-        tempfile::tempfile_in(&self.staging_dir).map_err(|_| Errno::EIO)
+    fn new_staging(&self) -> Shared {
+        Arc::new(Mutex::new(Staging::new(&self.memory)))
     }
 
-    /// Copies the object at `path` into a fresh staging file.
-    fn stage_existing(&self, path: &str) -> Result<File, Errno> {
-        let mut file = self.new_staging()?;
+    /// Copies the object at `path` into fresh staging.
+    fn stage_existing(&self, path: &str) -> Result<Shared, Errno> {
+        let staging = self.new_staging();
         let key = self.key(path);
         self.runtime.block_on(async {
             let got = self
@@ -762,13 +779,17 @@ impl ObjectFs {
                 .await
                 .map_err(|e| errno_of(&e))?;
             let mut stream = got.into_stream();
+            let mut at = 0;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| errno_of(&e))?;
-                file.write_all(&chunk).map_err(|_| Errno::EIO)?;
+                lock(&staging)
+                    .write_at(&chunk, at, &self.staging_dir)
+                    .map_err(|_| Errno::EIO)?;
+                at += chunk.len() as u64;
             }
             Ok::<(), Errno>(())
         })?;
-        Ok(file)
+        Ok(staging)
     }
 
     fn flush_handle(&self, fh: u64) -> Result<(), Errno> {
@@ -786,7 +807,7 @@ impl ObjectFs {
             if !open.dirty {
                 return Ok(());
             }
-            let Some(file) = open.staging.as_ref().and_then(|f| f.try_clone().ok()) else {
+            let Some(file) = open.staging.clone() else {
                 return Ok(());
             };
             open.dirty = false;
@@ -807,7 +828,7 @@ impl ObjectFs {
     fn upload_handle(
         &self,
         ino: u64,
-        mut file: File,
+        staging: Shared,
         stream: Option<Arc<Mutex<Streaming>>>,
     ) -> Result<(), Errno> {
         let node = self.node(ino)?;
@@ -816,14 +837,14 @@ impl ObjectFs {
                 let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
                 let key = self.key(&node.path);
                 self.runtime
-                    .block_on(stream.finish(&self.objects, &file, &key, node.posix))
+                    .block_on(stream.finish(&self.objects, &staging, &key, node.posix))
                     .map_err(|e| errno_of(&e))?
             }
             None => Finished::UploadWhole,
         };
         let size = match streamed {
             Finished::Uploaded(size) => size,
-            Finished::UploadWhole => self.upload(&node.path, &mut file, node.posix)?,
+            Finished::UploadWhole => self.upload(&node.path, &staging, node.posix)?,
         };
         self.note(&node.path, Some((Kind::File, size)));
         self.update(ino, |n| {
@@ -864,8 +885,8 @@ impl ObjectFs {
                 if !self.objects.set_in_place(&key, posix) {
                     // S3 keeps user metadata immutable: write the object again, as S3 Files
                     // does (a chmod is a new object version).
-                    let mut file = self.stage_existing(&node.path)?;
-                    self.upload(&node.path, &mut file, posix)?;
+                    let staging = self.stage_existing(&node.path)?;
+                    self.upload(&node.path, &staging, posix)?;
                 }
             }
         }
@@ -990,13 +1011,15 @@ impl ObjectFs {
             let handle_file = fh.and_then(|fh| {
                 let mut t = self.tables();
                 let open = t.handles.get_mut(&fh.0)?;
-                let file = open.staging.as_ref().and_then(|f| f.try_clone().ok())?;
+                let file = open.staging.clone()?;
                 open.dirty = true;
                 Some((file, open.stream.clone()))
             });
             match handle_file {
                 Some((file, stream)) => {
-                    file.set_len(size).map_err(|_| Errno::EIO)?;
+                    lock(&file)
+                        .set_len(size, &self.staging_dir)
+                        .map_err(|_| Errno::EIO)?;
                     if let Some(stream) = stream {
                         let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
                         self.runtime.block_on(stream.truncated(size));
@@ -1004,17 +1027,19 @@ impl ObjectFs {
                 }
                 None => {
                     self.check(&who, &node, W)?;
-                    let mut file = if node.size == 0 {
-                        self.new_staging()?
+                    let file = if node.size == 0 {
+                        self.new_staging()
                     } else {
                         self.stage_existing(&node.path)?
                     };
-                    file.set_len(size).map_err(|_| Errno::EIO)?;
+                    lock(&file)
+                        .set_len(size, &self.staging_dir)
+                        .map_err(|_| Errno::EIO)?;
                     let posix = Posix {
                         mtime: None,
                         ..node.posix
                     };
-                    self.upload(&node.path, &mut file, posix)?;
+                    self.upload(&node.path, &file, posix)?;
                 }
             }
             self.update(ino, |n| {
@@ -1078,7 +1103,7 @@ impl ObjectFs {
             let t = self.tables();
             let open = t.handles.get(&fh).ok_or(Errno::EBADF)?;
             (
-                open.staging.as_ref().and_then(|f| f.try_clone().ok()),
+                open.staging.clone(),
                 open.prefetch.clone(),
                 open.body.clone(),
             )
@@ -1088,9 +1113,11 @@ impl ObjectFs {
             let end = (start + size as usize).min(body.len());
             return Ok(body[start..end].to_vec());
         }
-        if let Some(file) = staged {
+        if let Some(staged) = staged {
             let mut buf = vec![0u8; size as usize];
-            let n = file.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
+            let n = lock(&staged)
+                .read_at(&mut buf, offset)
+                .map_err(|_| Errno::EIO)?;
             buf.truncate(n);
             return Ok(buf);
         }
@@ -1116,16 +1143,9 @@ impl ObjectFs {
     }
 }
 
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
+/// Locks an open file's staged bytes (a poisoned lock still holds them).
+fn lock(staging: &Mutex<Staging>) -> std::sync::MutexGuard<'_, Staging> {
+    staging.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Supplementary groups of the calling process (`/proc/<pid>/status`).
@@ -1474,7 +1494,7 @@ impl Filesystem for ObjectFs {
             self.check(&self.who(req), &node, want)?;
             let staging = if writing {
                 Some(if truncate || node.size == 0 {
-                    self.new_staging()?
+                    self.new_staging()
                 } else {
                     self.stage_existing(&node.path)?
                 })
@@ -1528,7 +1548,7 @@ impl Filesystem for ObjectFs {
         let result = (|| {
             let who = self.who(req);
             let (parent, path) = self.writable_parent(&who, parent, name)?;
-            let staging = self.new_staging()?;
+            let staging = self.new_staging();
             let posix = self.new_posix(&who, &parent, S_IFREG | (mode & !umask & 0o7777));
             self.note(&path, Some((Kind::File, 0)));
             let stream = Arc::new(Mutex::new(Streaming::new(self.key(&path), posix)));
@@ -1603,14 +1623,12 @@ impl Filesystem for ObjectFs {
                 let mut t = self.tables();
                 let open = t.handles.get_mut(&fh.0).ok_or(Errno::EBADF)?;
                 open.dirty = true;
-                let file = open
-                    .staging
-                    .as_ref()
-                    .and_then(|f| f.try_clone().ok())
-                    .ok_or(Errno::EBADF)?;
+                let file = open.staging.clone().ok_or(Errno::EBADF)?;
                 (file, open.stream.clone())
             };
-            file.write_all_at(data, offset).map_err(|_| Errno::EIO)?;
+            lock(&file)
+                .write_at(data, offset, &self.staging_dir)
+                .map_err(|_| Errno::EIO)?;
             if let Some(stream) = stream {
                 let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
                 self.runtime.block_on(stream.wrote(

@@ -8,13 +8,25 @@
 //! started upload is aborted and the file is uploaded whole at close, as before. Data is in the
 //! bucket only when `flush`/`fsync`/`close` finishes the upload, as without streaming.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 
 use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 
 use super::objects::{Objects, Posix};
+use super::staging::Staging;
+
+/// Reads `buf.len()` bytes at `offset` of the staged file, holding its lock only for the copy.
+fn read_staged(staging: &Mutex<Staging>, buf: &mut [u8], offset: u64) -> object_store::Result<()> {
+    staging
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .read_exact_at(buf, offset)
+        .map_err(|e| object_store::Error::Generic {
+            store: "staging",
+            source: Box::new(e),
+        })
+}
 
 /// Where one handle's streaming upload stands.
 pub struct Streaming {
@@ -62,7 +74,7 @@ impl Streaming {
     pub async fn wrote(
         &mut self,
         objects: &Objects,
-        staging: &File,
+        staging: &Mutex<Staging>,
         offset: u64,
         len: u64,
         threshold: u64,
@@ -95,7 +107,7 @@ impl Streaming {
                 }
             }
             let mut buf = vec![0u8; part];
-            if staging.read_exact_at(&mut buf, self.sent).is_err() {
+            if read_staged(staging, &mut buf, self.sent).is_err() {
                 self.give_up().await;
                 return;
             }
@@ -125,7 +137,7 @@ impl Streaming {
     pub async fn finish(
         &mut self,
         objects: &Objects,
-        staging: &File,
+        staging: &Mutex<Staging>,
         key: &ObjectPath,
         posix: Posix,
     ) -> object_store::Result<Finished> {
@@ -134,12 +146,13 @@ impl Streaming {
             return Ok(Finished::UploadWhole);
         }
         let total = staging
-            .metadata()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
             .map_err(|e| object_store::Error::Generic {
                 store: "staging",
                 source: Box::new(e),
-            })?
-            .len();
+            })?;
         let Some(mut writer) = self.writer.take() else {
             return Ok(Finished::UploadWhole);
         };
@@ -153,12 +166,7 @@ impl Streaming {
         while at < total {
             let n = (total - at).min(chunk) as usize;
             let mut buf = vec![0u8; n];
-            staging
-                .read_exact_at(&mut buf, at)
-                .map_err(|e| object_store::Error::Generic {
-                    store: "staging",
-                    source: Box::new(e),
-                })?;
+            read_staged(staging, &mut buf, at)?;
             writer.wait_for_capacity(4).await?;
             writer.write(&buf);
             at += n as u64;
