@@ -717,7 +717,7 @@ impl ObjectFs {
         let key = self.key(path);
         let (len, in_memory) = {
             let staged = lock(staging);
-            (staged.len().map_err(|_| Errno::EIO)?, staged.bytes())
+            (staged.size().map_err(|_| Errno::EIO)?, staged.bytes())
         };
         self.runtime.block_on(async {
             if len <= MULTIPART_THRESHOLD {

@@ -83,7 +83,7 @@ impl Staging {
         matches!(self.place, Place::Memory(_))
     }
 
-    pub fn len(&self) -> std::io::Result<u64> {
+    pub fn size(&self) -> std::io::Result<u64> {
         match &self.place {
             Place::Memory(bytes) => Ok(bytes.len() as u64),
             Place::File(file) => Ok(file.metadata()?.len()),
@@ -187,7 +187,7 @@ mod tests {
     use super::*;
 
     fn contents(s: &Staging) -> Vec<u8> {
-        let mut buf = vec![0u8; s.len().expect("len") as usize];
+        let mut buf = vec![0u8; s.size().expect("size") as usize];
         s.read_exact_at(&mut buf, 0).expect("read");
         buf
     }
@@ -247,6 +247,6 @@ mod tests {
         s.set_len(MEMORY_PER_FILE + 1, dir.path())
             .expect("extend far");
         assert!(!s.in_memory());
-        assert_eq!(s.len().expect("len"), MEMORY_PER_FILE + 1);
+        assert_eq!(s.size().expect("size"), MEMORY_PER_FILE + 1);
     }
 }

@@ -148,7 +148,7 @@ impl Streaming {
         let total = staging
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .len()
+            .size()
             .map_err(|e| object_store::Error::Generic {
                 store: "staging",
                 source: Box::new(e),
