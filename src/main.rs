@@ -47,7 +47,12 @@ fn command_line() -> Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = command_line();
-    telemetry::init(cli.log.log_format);
+    match cli.command {
+        // The quickstart prints its own steps; the plugins it runs inside log warnings only,
+        // unless RUST_LOG asks for more.
+        Command::Quickstart { .. } => telemetry::init_with_default(cli.log.log_format, "warn"),
+        _ => telemetry::init(cli.log.log_format),
+    }
     match run(cli.command).await {
         Ok(code) => code,
         Err(err) => {

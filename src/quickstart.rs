@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -24,15 +25,65 @@ use crate::mount::linux::{LinuxMounter, MountHelper};
 use crate::node::{NodeConfig, NodeService, NodeTopology};
 use crate::server::{Endpoint, Listener, Services};
 
-fn step(name: &str) -> Instant {
-    use std::io::Write;
-    print!("  {name} ... ");
-    let _ = std::io::stdout().flush();
-    Instant::now()
+/// A step under way. On a terminal a spinner turns after its name while it runs longer than
+/// [`SPIN_AFTER`] (waiting for a file system to become available, say), and is erased when
+/// the step ends; elsewhere (CI logs) the line is printed plain.
+struct Step {
+    start: Instant,
+    stop: Arc<AtomicBool>,
+    spinner: Option<std::thread::JoinHandle<bool>>,
 }
 
-fn done(start: Instant) {
-    println!("ok ({:.0} ms)", start.elapsed().as_secs_f64() * 1000.0);
+/// How long a step runs before the spinner shows.
+const SPIN_AFTER: Duration = Duration::from_millis(250);
+const SPIN_FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+
+fn step(name: &str) -> Step {
+    use std::io::{IsTerminal, Write};
+    print!("  {name} ... ");
+    let _ = std::io::stdout().flush();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinner = std::io::stdout().is_terminal().then(|| {
+        let stop = stop.clone();
+        std::thread::spawn(move || spin(&mut std::io::stdout(), &stop, SPIN_AFTER))
+    });
+    Step {
+        start: Instant::now(),
+        stop,
+        spinner,
+    }
+}
+
+/// Turns a spinner on `out` once `after` has passed, until `stop`; each frame is followed by a
+/// backspace, so the cursor stays where the step's result goes. Returns whether it showed.
+fn spin(out: &mut impl std::io::Write, stop: &AtomicBool, after: Duration) -> bool {
+    let started = Instant::now();
+    let mut shown = false;
+    let mut frame = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if started.elapsed() >= after {
+            let _ = write!(out, "{}\u{8}", SPIN_FRAMES[frame % SPIN_FRAMES.len()]);
+            let _ = out.flush();
+            shown = true;
+            frame += 1;
+        }
+        // Woken early when the step ends.
+        std::thread::park_timeout(Duration::from_millis(80));
+    }
+    shown
+}
+
+fn done(step: Step) {
+    let took = step.start.elapsed();
+    step.stop.store(true, Ordering::SeqCst);
+    if let Some(spinner) = step.spinner {
+        spinner.thread().unpark();
+        if spinner.join().unwrap_or(false) {
+            // Erase the last frame.
+            print!(" \u{8}");
+        }
+    }
+    println!("ok ({:.0} ms)", took.as_secs_f64() * 1000.0);
 }
 
 fn sdk(url: &str) -> aws_sdk_s3files::Client {
@@ -300,4 +351,40 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         total.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spinner_shows_only_for_slow_steps_and_returns_the_cursor() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut out = Vec::new();
+        assert!(
+            spin(&mut out, &stop, Duration::from_millis(100)),
+            "a slow step spins"
+        );
+        stopper.join().expect("stopper");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.len() >= 4, "several frames: {text:?}");
+        // Every frame is followed by a backspace.
+        let chars: Vec<char> = text.chars().collect();
+        for pair in chars.chunks(2) {
+            assert!(SPIN_FRAMES.contains(&pair[0]), "{text:?}");
+            assert_eq!(pair.get(1), Some(&'\u{8}'), "{text:?}");
+        }
+
+        let quick = AtomicBool::new(true);
+        let mut out = Vec::new();
+        assert!(!spin(&mut out, &quick, Duration::from_millis(100)));
+        assert!(out.is_empty(), "a quick step prints nothing");
+    }
 }
