@@ -5,7 +5,8 @@
 //!   GET) waits ~40 ms for the client's delayed ACK, and every tool reads small files at ~30/s.
 //! - a key that is a directory on its disk is no object: HEAD or GET of `dir` answered 500
 //!   (it tries to checksum a directory), which fails our lookups and makes s3fs retry for
-//!   minutes. S3 answers 404 there.
+//!   minutes. S3 answers 404 there. And `dir/`, which s3fs PUTs for every directory it makes
+//!   (s3s-fs keeps it as the directory itself), is the empty object S3 would hold.
 //!
 //! It has no versioning; buckets are directories of its root.
 
@@ -13,12 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use http::{Extensions, HeaderMap, HeaderValue, Method, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::SimpleAuth;
 use s3s::dto::{GetObjectInput, HeadObjectInput};
+use s3s::route::S3Route;
 use s3s::service::S3ServiceBuilder;
-use s3s::{S3Request, S3Result, s3_error};
+use s3s::{Body, S3Request, S3Response, S3Result, s3_error};
 
 /// Requests served, by S3 operation.
 pub type Requests = Arc<Mutex<BTreeMap<String, u64>>>;
@@ -63,6 +66,77 @@ impl S3Access for DirectoriesAreNoObjects {
     }
 }
 
+/// Answers HEAD and GET of `dir/` keys whose directory exists: the empty object a PUT of
+/// `dir/` made.
+struct DirectoryObjects {
+    root: PathBuf,
+    counted: String,
+    requests: Requests,
+}
+
+impl DirectoryObjects {
+    fn directory(&self, uri: &Uri) -> Option<PathBuf> {
+        let path = uri.path();
+        if !path.ends_with('/') || path.matches('/').count() < 3 {
+            return None;
+        }
+        let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+            .decode_utf8()
+            .ok()?;
+        if decoded.split('/').any(|part| part == "..") {
+            return None;
+        }
+        let dir = self.root.join(decoded.as_ref());
+        dir.is_dir().then_some(dir)
+    }
+}
+
+#[async_trait::async_trait]
+impl S3Route for DirectoryObjects {
+    fn is_match(&self, method: &Method, uri: &Uri, _: &HeaderMap, _: &mut Extensions) -> bool {
+        (method == Method::HEAD || method == Method::GET)
+            && uri.query().is_none()
+            && self.directory(uri).is_some()
+    }
+
+    async fn call(&self, req: S3Request<Body>) -> S3Result<S3Response<Body>> {
+        if let Some(credentials) = &req.credentials
+            && credentials.access_key == self.counted
+            && let Ok(mut counts) = self.requests.lock()
+        {
+            let op = if req.method == Method::HEAD {
+                "HeadObject"
+            } else {
+                "GetObject"
+            };
+            *counts.entry(op.to_owned()).or_default() += 1;
+        }
+        let dir = self
+            .directory(&req.uri)
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let modified = std::fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .map_err(|_| s3_error!(NoSuchKey))?;
+        let mut response = S3Response::new(Body::empty());
+        let headers = &mut response.headers;
+        headers.insert("content-length", HeaderValue::from_static("0"));
+        // How s3fs marks the directory objects it makes (s3s-fs keeps no metadata for them).
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-directory"),
+        );
+        // The MD5 of no bytes.
+        headers.insert(
+            "etag",
+            HeaderValue::from_static("\"d41d8cd98f00b204e9800998ecf8427e\""),
+        );
+        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+            headers.insert("last-modified", value);
+        }
+        Ok(response)
+    }
+}
+
 /// A running server; dropping it stops it.
 pub struct S3sFs {
     runtime: Option<tokio::runtime::Runtime>,
@@ -88,6 +162,11 @@ impl S3sFs {
         builder.set_auth(auth);
         let requests = Requests::default();
         builder.set_access(DirectoriesAreNoObjects {
+            root: root.clone(),
+            counted: counted.to_owned(),
+            requests: requests.clone(),
+        });
+        builder.set_route(DirectoryObjects {
             root,
             counted: counted.to_owned(),
             requests: requests.clone(),
