@@ -1,10 +1,11 @@
 //! Where an open file's bytes wait for their upload.
 //!
 //! A writer's bytes are staged locally and uploaded on flush, fsync or close (see `fs`). Small
-//! files are staged in memory: creating one then costs no file on local disk, whose metadata
-//! operations (create, write, free) cost more than the upload itself on a busy node disk
-//! (measured: 2,000 files of 4 KiB through the mount at 0.17-0.52x the raw PUT rate with disk
-//! staging, against 0.62-0.66x with the staging directory on tmpfs). A file that grows past
+//! files are staged in memory: creating one then costs no file on the node's disk, whose
+//! metadata operations (create, write, free) can cost more than a small upload on a busy disk
+//! (2,000 files of 4 KiB through the mount ran at 0.62-0.66x the raw PUT rate with every file
+//! on tmpfs, 0.17-0.52x with the server's and the staging files on this machine's shared disk).
+//! A file that grows past
 //! [`MEMORY_PER_FILE`], or finds the mount's [`MemoryBudget`] spent, moves to a file in the
 //! staging directory and stays there, so memory stays bounded however many or large the files.
 
