@@ -20,3 +20,5 @@ pub mod objects;
 pub mod prefetch;
 pub mod staging;
 pub mod stream;
+#[cfg(test)]
+mod test_store;

@@ -1852,83 +1852,8 @@ const O_TRUNC: i32 = 0o1000;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream::BoxStream;
-    use object_store::memory::InMemory;
-    use object_store::{
-        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-        PutMultipartOptions, PutOptions, PutResult,
-    };
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// An in-memory bucket that counts the listings asked of it.
-    #[derive(Debug, Default)]
-    struct Counted {
-        inner: InMemory,
-        /// `list_with_delimiter` calls: directory listings.
-        listings: AtomicUsize,
-        /// `list` calls: prefix checks.
-        checks: AtomicUsize,
-    }
-
-    impl std::fmt::Display for Counted {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "Counted({})", self.inner)
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for Counted {
-        async fn put_opts(
-            &self,
-            location: &ObjectPath,
-            payload: PutPayload,
-            opts: PutOptions,
-        ) -> object_store::Result<PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &ObjectPath,
-            opts: PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(
-            &self,
-            location: &ObjectPath,
-            options: GetOptions,
-        ) -> object_store::Result<GetResult> {
-            self.inner.get_opts(location, options).await
-        }
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<ObjectPath>>,
-        ) -> BoxStream<'static, object_store::Result<ObjectPath>> {
-            self.inner.delete_stream(locations)
-        }
-        fn list(
-            &self,
-            prefix: Option<&ObjectPath>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.checks.fetch_add(1, Ordering::SeqCst);
-            self.inner.list(prefix)
-        }
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&ObjectPath>,
-        ) -> object_store::Result<ListResult> {
-            self.listings.fetch_add(1, Ordering::SeqCst);
-            self.inner.list_with_delimiter(prefix).await
-        }
-        async fn copy_opts(
-            &self,
-            from: &ObjectPath,
-            to: &ObjectPath,
-            options: CopyOptions,
-        ) -> object_store::Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-    }
+    use crate::fuse::test_store::Counted;
+    use std::sync::atomic::Ordering;
 
     /// A file system over `store` (bucket root), with its own runtime: its methods block on
     /// it, so tests call them from the test thread.
