@@ -718,12 +718,16 @@ async fn installed_as_mount_s3files_it_takes_the_mount_8_calling_convention() {
         target: target.clone(),
         _dir: dir,
     };
-    let t = mounted.target.clone();
-    let bucket = w.bucket.clone();
+    write_reaches_the_bucket(&w, &mounted, "via-mount-8").await;
+}
+
+/// Writes `name` through `mounted` (of `w`'s access point) and checks it is an object.
+async fn write_reaches_the_bucket(w: &World, mounted: &Mounted, name: &str) {
+    let (t, bucket, name) = (mounted.target.clone(), w.bucket.clone(), name.to_owned());
     tokio::task::spawn_blocking(move || {
-        std::fs::write(t.join("via-mount-8"), b"ok").expect("write");
+        std::fs::write(t.join(&name), b"ok").expect("write");
         assert_eq!(
-            bucket.get("k8s/vol-a/via-mount-8").as_deref(),
+            bucket.get(&format!("k8s/vol-a/{name}")).as_deref(),
             Some(&b"ok"[..])
         );
     })
@@ -762,17 +766,7 @@ async fn a_relative_mount_point_is_mounted_where_it_points() {
         String::from_utf8_lossy(&out.stderr),
         mounted.log()
     );
-    let t = mounted.target.clone();
-    let bucket = w.bucket.clone();
-    tokio::task::spawn_blocking(move || {
-        std::fs::write(t.join("relative"), b"ok").expect("write");
-        assert_eq!(
-            bucket.get("k8s/vol-a/relative").as_deref(),
-            Some(&b"ok"[..])
-        );
-    })
-    .await
-    .expect("write");
+    write_reaches_the_bucket(&w, &mounted, "relative").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
