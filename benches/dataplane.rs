@@ -7,12 +7,15 @@
 //! apt-get install -y s3fs rclone fuse3        # the peers (a missing peer is reported and skipped)
 //! cargo bench --bench dataplane -- [--size-mib 1024] [--small 2000] [--entries 10000]
 //!                                  [--server moto|s3s-fs] [--s3-url http://HOST:PORT]
-//!                                  [--tools s3files-csi,s3fs,rclone] [--serve-only]
+//!                                  [--tools s3files-csi,s3fs,rclone] [--rounds 1] [--serve-only]
 //! ```
 //!
 //! Without `--s3-url` it starts a fresh server on loopback for each tool: `moto_server` by
 //! default, or `s3s-fs` (in this process, from the s3s crates). Needs root and /dev/fuse.
 //! `--serve-only` starts just the server (and its bucket) and waits, for measuring by hand.
+//! `--rounds N` measures everything N times, the tools in a rotating order, and ends with the
+//! median of every figure and of every round's own ratios: one run's figures move more between
+//! runs than the gaps between tools.
 //!
 //! Rows: sequential write of one file (timed until the object is complete in the bucket),
 //! sequential read of it (fresh mount, page cache dropped), creating N small files (4 KiB, one
@@ -60,6 +63,7 @@ struct Args {
     server: ServerKind,
     tools: Vec<String>,
     serve_only: bool,
+    rounds: usize,
 }
 
 /// The S3 server the bench starts (one per tool) when no `--s3-url` is given.
@@ -80,6 +84,7 @@ fn args() -> Args {
         s3_url: None,
         server: ServerKind::Moto,
         serve_only: false,
+        rounds: 1,
         tools: vec!["s3files-csi".into(), "s3fs".into(), "rclone".into()],
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -90,6 +95,7 @@ fn args() -> Args {
             "--size-mib" => a.size_mib = value.parse().expect("--size-mib N"),
             "--small" => a.small = value.parse().expect("--small N"),
             "--entries" => a.entries = value.parse().expect("--entries N"),
+            "--rounds" => a.rounds = value.parse::<usize>().expect("--rounds N").max(1),
             "--s3-url" => a.s3_url = Some(value),
             "--server" => {
                 a.server = match value.as_str() {
@@ -639,13 +645,6 @@ fn cell(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "-".into(),
-    }
-}
-
 /// One measurement's S3 server and bucket: a fresh server per tool (moto lists by scanning
 /// its whole bucket and keeps every object in one process, so a shared server would favour
 /// whoever runs first), or a bucket of its own on the server given by `--s3-url`.
@@ -821,16 +820,146 @@ async fn main() -> anyhow::Result<()> {
             (Some(url), _) => url.as_str(),
         }
     );
-    eprintln!("raw...");
-    let raw_figures = {
-        let server = Server::start(&a, "raw").await?;
-        measure_raw(server.store.clone(), &server.tally, &a).await?
-    };
     let a = Arc::new(a);
-    let mut results: Vec<(Tool, Option<Figures>)> = Vec::new();
-    for tool in [Tool::Ours, Tool::S3fs, Tool::Rclone] {
+    let mut rounds: Vec<Round> = Vec::new();
+    for r in 0..a.rounds {
+        // Each round runs the tools in another order, so none always goes first.
+        let mut order = vec![Tool::Ours, Tool::S3fs, Tool::Rclone];
+        order.rotate_left(r % 3);
+        if a.rounds > 1 {
+            eprintln!("round {} of {}", r + 1, a.rounds);
+        }
+        let round = one_round(&a, &order).await?;
+        if r == 0 {
+            print_requests(&round.raw, &round.tools);
+        }
+        let title = if a.rounds > 1 {
+            format!("round {} of {}", r + 1, a.rounds)
+        } else {
+            String::new()
+        };
+        print_table(&title, &[round.ratios()]);
+        rounds.push(round);
+    }
+    if rounds.len() > 1 {
+        let title = format!(
+            "median of {} rounds (ratios: the median of each round's own)",
+            rounds.len()
+        );
+        let each: Vec<Table> = rounds.iter().map(Round::ratios).collect();
+        print_table(&title, &each);
+    }
+    Ok(())
+}
+
+/// Every figure of one round: raw and each tool (`None`: skipped or failed).
+struct Round {
+    raw: Figures,
+    tools: Vec<(Tool, Option<Figures>)>,
+}
+
+/// One round's figures and ratios, row by row: raw, ours, s3fs, rclone, ours vs the best
+/// peer, ours vs raw.
+type Table = Vec<[Option<f64>; 6]>;
+
+const ROWS: [(&str, Row); 5] = [
+    ("sequential write (MiB/s)", |f| f.write_mbs),
+    ("sequential read (MiB/s)", |f| f.read_mbs),
+    ("small files created (files/s)", |f| f.create_fps),
+    ("small files read (files/s)", |f| f.read_fps),
+    ("directory listed (entries/s)", |f| f.list_eps),
+];
+
+impl Round {
+    fn ratios(&self) -> Table {
+        let get = |tool: Tool, row: Row| {
+            self.tools
+                .iter()
+                .find(|(t, _)| *t == tool)
+                .and_then(|(_, f)| f.as_ref())
+                .and_then(row)
+        };
+        let over = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        ROWS.iter()
+            .map(|(_, row)| {
+                let ours = get(Tool::Ours, *row);
+                let (s3fs, rclone) = (get(Tool::S3fs, *row), get(Tool::Rclone, *row));
+                let best_peer = [s3fs, rclone]
+                    .into_iter()
+                    .flatten()
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                let raw = row(&self.raw);
+                [
+                    raw,
+                    ours,
+                    s3fs,
+                    rclone,
+                    over(ours, best_peer),
+                    over(ours, raw),
+                ]
+            })
+            .collect()
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// Prints `tables` (one per round) as one: each cell the median over the rounds.
+fn print_table(title: &str, tables: &[Table]) {
+    println!();
+    if !title.is_empty() {
+        println!("{title}");
+    }
+    println!(
+        "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
+        "row", "raw", "s3files-csi", "s3fs", "rclone", "vs best peer", "vs raw"
+    );
+    for (i, (label, _)) in ROWS.iter().enumerate() {
+        let cell_of = |c: usize| median(tables.iter().filter_map(|t| t[i][c]).collect());
+        let figure = |c: usize| cell(cell_of(c));
+        let times = |c: usize| {
+            cell_of(c)
+                .map(|v| format!("{v:.2}x"))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
+            label,
+            figure(0),
+            figure(1),
+            figure(2),
+            figure(3),
+            times(4),
+            times(5),
+        );
+    }
+}
+
+/// Raw, then each tool in `order`, each against a fresh server.
+async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
+    eprintln!("raw...");
+    let raw = {
+        let server = Server::start(a, "raw").await?;
+        measure_raw(server.store.clone(), &server.tally, a).await?
+    };
+    let mut tools: Vec<(Tool, Option<Figures>)> = Vec::new();
+    for &tool in order {
         if !a.tools.iter().any(|t| t == tool.name()) {
-            results.push((tool, None));
+            tools.push((tool, None));
             continue;
         }
         if tool != Tool::Ours && !installed(tool.name()) {
@@ -838,11 +967,11 @@ async fn main() -> anyhow::Result<()> {
                 "{}: not installed (apt-get install -y s3fs rclone fuse3)",
                 tool.name()
             );
-            results.push((tool, None));
+            tools.push((tool, None));
             continue;
         }
         eprintln!("{}...", tool.name());
-        let server = Server::start(&a, tool.name()).await?;
+        let server = Server::start(a, tool.name()).await?;
         // Ours reaches the bucket through an emulated file system; the peers take it directly.
         let setup = match tool {
             Tool::Ours => emulated(&server).await?,
@@ -864,50 +993,12 @@ async fn main() -> anyhow::Result<()> {
         let outcome =
             tokio::task::spawn_blocking(move || measure_mount(tool, &setup, &raw, &a2)).await?;
         match outcome {
-            Ok(f) => results.push((tool, Some(f))),
+            Ok(f) => tools.push((tool, Some(f))),
             Err(e) => {
                 println!("{}: failed: {e:#}", tool.name());
-                results.push((tool, None));
+                tools.push((tool, None));
             }
         }
     }
-
-    let rows: [(&str, Row); 5] = [
-        ("sequential write (MiB/s)", |f| f.write_mbs),
-        ("sequential read (MiB/s)", |f| f.read_mbs),
-        ("small files created (files/s)", |f| f.create_fps),
-        ("small files read (files/s)", |f| f.read_fps),
-        ("directory listed (entries/s)", |f| f.list_eps),
-    ];
-    print_requests(&raw_figures, &results);
-    let get = |tool: Tool, row: Row| {
-        results
-            .iter()
-            .find(|(t, _)| *t == tool)
-            .and_then(|(_, f)| f.as_ref())
-            .and_then(row)
-    };
-    println!();
-    println!(
-        "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
-        "row", "raw", "s3files-csi", "s3fs", "rclone", "vs best peer", "vs raw"
-    );
-    for (label, row) in rows {
-        let ours = get(Tool::Ours, row);
-        let best_peer = [get(Tool::S3fs, row), get(Tool::Rclone, row)]
-            .into_iter()
-            .flatten()
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        println!(
-            "{:<32} {:>10} {:>12} {:>10} {:>10} {:>14} {:>10}",
-            label,
-            cell(row(&raw_figures)),
-            cell(ours),
-            cell(get(Tool::S3fs, row)),
-            cell(get(Tool::Rclone, row)),
-            ratio(ours, best_peer),
-            ratio(ours, row(&raw_figures)),
-        );
-    }
-    Ok(())
+    Ok(Round { raw, tools })
 }

@@ -297,20 +297,34 @@ impl Prefetch {
         let fetch = self.budget.fetch();
         match (stream.parallel, fetch) {
             (false, UNTRIED) if judged && starved && stream.next < stream.end => {
+                tracing::debug!(
+                    at = stream.next,
+                    "read-ahead: the reader waits for its stream; trying ranged GETs"
+                );
                 self.single_rate = Some(rate);
                 Some(true)
             }
-            (true, UNTRIED) => match self.single_rate.take() {
-                Some(single) if rate >= single * PARALLEL_GAIN => {
+            (true, UNTRIED) => {
+                let single = self.single_rate.take()?;
+                let mib = |r: f64| (r / f64::from(1 << 20)).round();
+                if rate >= single * PARALLEL_GAIN {
+                    tracing::info!(
+                        ranges_mib_s = mib(rate),
+                        stream_mib_s = mib(single),
+                        "read-ahead: ranged GETs in parallel beat one stream; this mount keeps them"
+                    );
                     self.budget.learn(PARALLEL_RANGES);
                     None
-                }
-                Some(_) => {
+                } else {
+                    tracing::info!(
+                        ranges_mib_s = mib(rate),
+                        stream_mib_s = mib(single),
+                        "read-ahead: one stream is as fast as ranged GETs; this mount keeps to it"
+                    );
                     self.budget.learn(SINGLE);
                     Some(false)
                 }
-                None => None,
-            },
+            }
             _ => None,
         }
     }
