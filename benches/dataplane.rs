@@ -228,8 +228,27 @@ fn run(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mounts `tool` at a fresh directory; returns the mount point.
-fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<PathBuf> {
+/// A mount of one row; dropping it unmounts, so a row that fails leaves nothing mounted.
+struct Mounted(PathBuf);
+
+impl std::ops::Deref for Mounted {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        if mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+/// Mounts `tool` at a fresh directory.
+fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<Mounted> {
     let target = s.dir.path().join(format!("{}-{name}", tool.name()));
     std::fs::create_dir_all(&target)?;
     let log = s.dir.path().join(format!("{}.out", tool.name()));
@@ -291,14 +310,7 @@ fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<PathBuf> {
         anyhow::ensure!(Instant::now() < deadline, "{} did not mount", tool.name());
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(target)
-}
-
-fn unmount(target: &Path) {
-    let _ = Command::new("umount").arg(target).status();
-    if mounted(target) {
-        let _ = Command::new("umount").arg("-l").arg(target).status();
-    }
+    Ok(Mounted(target))
 }
 
 fn drop_caches() {
@@ -404,7 +416,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     raw.tally.row(&mut f, CREATE, &c);
     eprintln!("  {}: small files created", tool.name());
     std::fs::create_dir_all(dir.join("list"))?;
-    unmount(&m);
+    drop(m);
 
     drop_caches();
     let m = mount(tool, s, "read")?;
@@ -445,7 +457,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     f.read_fps = (!skip_small).then(|| a.small as f64 / t.elapsed().as_secs_f64());
     raw.tally.row(&mut f, SMALL_READ, &c);
     eprintln!("  {}: small files read", tool.name());
-    unmount(&m);
+    drop(m);
     if a.entries == 0 {
         return Ok(f);
     }
@@ -462,7 +474,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let n = std::fs::read_dir(m.join(sub).join("list"))?.count();
     let elapsed = t.elapsed();
     raw.tally.row(&mut f, LIST, &c);
-    unmount(&m);
+    drop(m);
     // s3fs and rclone also show our hidden directory marker; nothing else may be missing.
     anyhow::ensure!(n >= a.entries, "listed {n} of {} entries", a.entries);
     f.list_eps = Some(a.entries as f64 / elapsed.as_secs_f64());
