@@ -20,7 +20,7 @@ use tracing::warn;
 
 use super::objects::{Objects, Posix, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::prefetch::{Budget, Prefetch};
-use super::staging::{MemoryBudget, Staging};
+use super::staging::{MemoryBudget, Staging, lock};
 use super::stream::{Finished, Streaming};
 
 /// An open file's staged bytes, shared by the requests on its handle.
@@ -1141,11 +1141,6 @@ impl ObjectFs {
                 .map_err(|e| errno_of(&e)),
         }
     }
-}
-
-/// Locks an open file's staged bytes (a poisoned lock still holds them).
-fn lock(staging: &Mutex<Staging>) -> std::sync::MutexGuard<'_, Staging> {
-    staging.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Supplementary groups of the calling process (`/proc/<pid>/status`).

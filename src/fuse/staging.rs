@@ -51,6 +51,11 @@ impl MemoryBudget {
     }
 }
 
+/// Locks an open file's staged bytes (a poisoned lock still holds them).
+pub fn lock(staging: &std::sync::Mutex<Staging>) -> std::sync::MutexGuard<'_, Staging> {
+    staging.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 enum Place {
     Memory(Vec<u8>),
     File(File),

@@ -14,18 +14,21 @@ use object_store::WriteMultipart;
 use object_store::path::Path as ObjectPath;
 
 use super::objects::{Objects, Posix};
-use super::staging::Staging;
+use super::staging::{Staging, lock};
+
+/// A staging file's I/O error as the upload's.
+fn staging_error(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "staging",
+        source: Box::new(e),
+    }
+}
 
 /// Reads `buf.len()` bytes at `offset` of the staged file, holding its lock only for the copy.
 fn read_staged(staging: &Mutex<Staging>, buf: &mut [u8], offset: u64) -> object_store::Result<()> {
-    staging
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    lock(staging)
         .read_exact_at(buf, offset)
-        .map_err(|e| object_store::Error::Generic {
-            store: "staging",
-            source: Box::new(e),
-        })
+        .map_err(staging_error)
 }
 
 /// Where one handle's streaming upload stands.
@@ -145,14 +148,7 @@ impl Streaming {
             self.give_up().await;
             return Ok(Finished::UploadWhole);
         }
-        let total = staging
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .size()
-            .map_err(|e| object_store::Error::Generic {
-                store: "staging",
-                source: Box::new(e),
-            })?;
+        let total = lock(staging).size().map_err(staging_error)?;
         let Some(mut writer) = self.writer.take() else {
             return Ok(Finished::UploadWhole);
         };
