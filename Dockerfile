@@ -27,22 +27,30 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D target/release/s3files-csi /out/s3files-csi
 
 # amazon-efs-utils built from its published source into a .deb, as the Go EFS driver's image
-# does (its efs-proxy is Rust; the helper is Python).
+# does (its efs-proxy is Rust; the helper is Python). build-deb.sh runs under `set -ex` and
+# writes the package's control file with envsubst (gettext-base); aws-lc needs cmake, perl, Go.
 FROM ${RUST_IMAGE} AS efs-utils
 ARG EFS_UTILS_VERSION
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git binutils build-essential pkg-config \
-      libssl-dev ca-certificates golang-go cmake perl \
+      libssl-dev ca-certificates golang-go cmake perl gettext-base \
  && rm -rf /var/lib/apt/lists/*
 RUN git clone --depth 1 --branch "${EFS_UTILS_VERSION}" https://github.com/aws/efs-utils /efs-utils
 WORKDIR /efs-utils
 RUN ./build-deb.sh && cp build/amazon-efs-utils*.deb /amazon-efs-utils.deb
 
+# The production image. botocore is what efs-utils' CloudWatch logging imports. The package's
+# /etc/amazon/efs (configs, CA bundle) is kept aside: on a node that directory is a host path
+# of ours (the TLS private key must survive restarts), and the node plugin fills it from this
+# copy plus the chart's settings at start (--efs-utils-static-dir).
 FROM ${BASE_IMAGE} AS production
 COPY --from=efs-utils /amazon-efs-utils.deb /tmp/
 RUN apt-get update \
  && apt-get install -y --no-install-recommends /tmp/amazon-efs-utils.deb ca-certificates \
- && rm -rf /var/lib/apt/lists/* /tmp/amazon-efs-utils.deb
+      python3-botocore \
+ && rm -rf /var/lib/apt/lists/* /tmp/amazon-efs-utils.deb \
+ && mkdir -p /usr/share/s3files-csi \
+ && cp -a /etc/amazon/efs /usr/share/s3files-csi/efs-utils-static
 COPY --from=build /out/s3files-csi /usr/local/bin/s3files-csi
 ENTRYPOINT ["/usr/local/bin/s3files-csi"]
 
