@@ -5,6 +5,7 @@
 pub mod fake;
 pub mod linux;
 pub mod mountinfo;
+pub mod options;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

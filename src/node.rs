@@ -24,37 +24,12 @@ use tracing::{info, warn};
 use crate::controller::{TOPOLOGY_ZONE_ID_KEY, TOPOLOGY_ZONE_KEY};
 use crate::csi::{self, node_server::Node, node_service_capability};
 use crate::error::{Error, Result};
-use crate::mount::{MountError, MountSpec, Mounter, mountinfo};
+use crate::mount::{MountError, MountSpec, Mounter, mountinfo, options};
 use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
 
 /// The longest node id the CSI spec allows in `NodeGetInfoResponse`.
 pub const MAX_NODE_ID_BYTES: usize = 256;
-
-/// Mount options the S3 Files helper refuses or that would weaken security.
-const FORBIDDEN_OPTIONS: &[(&str, &str)] = &[
-    (
-        "stunnel",
-        "S3 Files mounts always use efs-proxy; remove stunnel",
-    ),
-    (
-        "notls",
-        "S3 Files mounts are always encrypted; remove notls",
-    ),
-    (
-        "noiam",
-        "S3 Files mounts always authorize with IAM; remove noiam",
-    ),
-    ("az", "use azid (the zone id) instead of az"),
-    (
-        "crossaccount",
-        "S3 Files does not support cross-account mounts",
-    ),
-    (
-        "awscredsuri",
-        "awscredsuri is for ECS; the node's own credentials are used",
-    ),
-];
 
 /// Volume context keys a volume may carry (from the controller, or set on static PVs).
 const CONTEXT_KEYS: &[&str] = &[
@@ -249,65 +224,62 @@ impl NodeService {
                 "encryptInTransit must be true: S3 Files mounts are always encrypted",
             ));
         }
-        if let Some(ip) = ctx.get("mounttargetip") {
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(Error::invalid(
-                    "volume_context",
-                    format!("mounttargetip {ip:?} is not an IP address"),
-                ));
+        for (key, check) in [
+            (
+                "mounttargetip",
+                options::check_ip as fn(&str) -> std::result::Result<(), String>,
+            ),
+            ("azid", options::check_zone_id),
+        ] {
+            if let Some(v) = ctx.get(key) {
+                check(v)
+                    .map_err(|why| Error::invalid("volume_context", format!("{key}: {why}")))?;
             }
-            options.push(format!("mounttargetip={ip}"));
         }
-        let mut user = Vec::new();
-        if let Some(csi::volume_capability::AccessType::Mount(m)) = req
+        let flags: &[String] = match req
             .volume_capability
             .as_ref()
             .and_then(|c| c.access_type.as_ref())
         {
-            for flag in m
-                .mount_flags
-                .iter()
-                .flat_map(|f| f.split(','))
-                .map(str::trim)
-                .filter(|f| !f.is_empty())
-            {
-                let name = flag.split('=').next().unwrap_or(flag);
-                if let Some((_, why)) = FORBIDDEN_OPTIONS.iter().find(|(o, _)| *o == name) {
-                    return Err(Error::invalid("mount_flags", format!("{flag}: {why}")));
-                }
-                if name == "accesspoint" {
-                    let given = flag.split_once('=').map(|(_, v)| v).unwrap_or("");
-                    if handle.access_point_id.as_deref() != Some(given) {
-                        return Err(Error::invalid(
-                            "mount_flags",
-                            format!(
-                                "{flag} contradicts the volume handle's access point; remove it"
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                if name == "rw" && readonly {
+            Some(csi::volume_capability::AccessType::Mount(m)) => &m.mount_flags,
+            _ => &[],
+        };
+        let mut user = Vec::new();
+        for flag in
+            options::user_options(flags).map_err(|why| Error::invalid("mount_flags", why))?
+        {
+            let name = flag.split('=').next().unwrap_or(&flag);
+            if name == "accesspoint" {
+                let given = flag.split_once('=').map(|(_, v)| v).unwrap_or("");
+                if handle.access_point_id.as_deref() != Some(given) {
                     return Err(Error::invalid(
                         "mount_flags",
-                        "rw contradicts a read-only publication",
+                        format!("{flag} contradicts the volume handle's access point; remove it"),
                     ));
                 }
-                if flag.contains(char::is_whitespace) || flag.contains('\0') {
-                    return Err(Error::invalid(
-                        "mount_flags",
-                        format!("{flag:?} contains whitespace"),
-                    ));
-                }
-                if !options.iter().any(|o| o == flag) && !user.iter().any(|o| o == flag) {
-                    user.push(flag.to_owned());
-                }
+                continue;
+            }
+            if name == "rw" && readonly {
+                return Err(Error::invalid(
+                    "mount_flags",
+                    "rw contradicts a read-only publication",
+                ));
+            }
+            if !options.iter().any(|o| *o == flag) {
+                user.push(flag);
             }
         }
         let has = |name: &str| {
             user.iter()
                 .any(|o: &String| o.split('=').next() == Some(name))
         };
+        if !has("mounttargetip")
+            && let Some(ip) = ctx.get("mounttargetip")
+        {
+            options.push(format!("mounttargetip={ip}"));
+        }
+        // mount.s3files needs both; without them it asks instance metadata, which pods on EKS
+        // often cannot reach.
         if !has("azid")
             && let Some(z) = ctx.get("azid").or(self.config.topology.zone_id.as_ref())
         {
@@ -605,5 +577,95 @@ mod tests {
         assert!(checked_path("t", "").is_err());
         assert!(checked_path("t", "relative/path").is_err());
         assert!(checked_path("t", "/var/lib/../../etc").is_err());
+    }
+
+    fn service() -> NodeService {
+        let config = NodeConfig {
+            node_id: "n1".into(),
+            topology: NodeTopology {
+                zone: Some("us-east-1a".into()),
+                zone_id: Some("use1-az1".into()),
+            },
+            region: Some("us-east-1".into()),
+            state_dir: std::env::temp_dir(),
+        };
+        NodeService::new(config, Arc::new(crate::mount::fake::FakeMounter::default()))
+    }
+
+    fn request(flags: &[&str], ctx: &[(&str, &str)]) -> csi::NodePublishVolumeRequest {
+        use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
+        csi::NodePublishVolumeRequest {
+            volume_id: "s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1".into(),
+            target_path: "/var/lib/kubelet/pods/p/volumes/v/mount".into(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_type: Some(AccessType::Mount(MountVolume {
+                    mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+                    ..Default::default()
+                })),
+                access_mode: Some(AccessMode {
+                    mode: Mode::MultiNodeMultiWriter as i32,
+                }),
+            }),
+            volume_context: ctx
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_node_passes_only_documented_options_and_always_region_and_azid() {
+        let svc = service();
+        let handle = VolumeHandle::parse("s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1")
+            .expect("handle");
+        let table: &[(&[&str], &[(&str, &str)], bool)] = &[
+            (&[], &[], false),
+            (&[], &[], true),
+            (&["noatime,actimeo=30", "tls", "iam"], &[], false),
+            (
+                &["accesspoint=fsap-0123456789abcdef1", "nodirects3read"],
+                &[("mounttargetip", "10.0.0.5")],
+                false,
+            ),
+            (&["azid=use1-az2", "region=us-east-1"], &[], true),
+            (
+                &[],
+                &[("azid", "use1-az3"), ("encryptInTransit", "true")],
+                false,
+            ),
+            (
+                &["mounttargetip=10.0.0.9"],
+                &[("mounttargetip", "10.0.0.5")],
+                false,
+            ),
+        ];
+        for (flags, ctx, readonly) in table {
+            let options = svc
+                .options(&handle, &request(flags, ctx), *readonly)
+                .expect("valid request");
+            for option in &options {
+                assert!(
+                    options::is_passable(option),
+                    "{option} is not in the documented list ({flags:?})"
+                );
+            }
+            for name in ["accesspoint", "azid", "region", "mounttargetip"] {
+                let n = options
+                    .iter()
+                    .filter(|o| o.split('=').next() == Some(name))
+                    .count();
+                assert!(n <= 1, "{name} passed {n} times: {options:?}");
+            }
+            assert!(
+                options.iter().any(|o| o.starts_with("azid=")),
+                "{options:?}"
+            );
+            assert!(
+                options.iter().any(|o| o.starts_with("region=")),
+                "{options:?}"
+            );
+            assert_eq!(options.iter().any(|o| o == "ro"), *readonly, "{options:?}");
+        }
     }
 }

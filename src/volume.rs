@@ -15,8 +15,6 @@ pub const SCHEME: &str = "s3files";
 
 static FS_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("^fs-[0-9a-f]{17,40}$").expect("pattern"));
-static AP_ID: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new("^fsap-[0-9a-f]{17,40}$").expect("pattern"));
 
 /// A parsed volume handle.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -67,12 +65,11 @@ impl VolumeHandle {
         };
         let access_point_id = match parts.get(2).copied().unwrap_or("") {
             "" => None,
-            ap if AP_ID.is_match(ap) => Some(ap.to_owned()),
-            ap => {
-                return Err(format!(
-                    "volume id {raw:?}: {ap:?} is not an access point id (fsap- and 17 to 40 hex digits)"
-                ));
-            }
+            // mount.s3files and its watchdog take exactly 17 hex digits, stricter than the API.
+            ap => match crate::mount::options::check_access_point_id(ap) {
+                Ok(()) => Some(ap.to_owned()),
+                Err(why) => return Err(format!("volume id {raw:?}: {why}")),
+            },
         };
         Ok(VolumeHandle {
             file_system_id: fs.to_owned(),
@@ -127,6 +124,7 @@ const FS_TYPES: &[&str] = &["", "s3files", "nfs", "nfs4"];
 
 /// Checks capabilities: mount access with any access mode is supported (S3 Files is a shared
 /// file system, so single- and multi-node, reader and writer modes all hold); block is not.
+/// Mount flags that mount.s3files or the NFS client would refuse make the request invalid.
 pub fn check_capabilities(caps: &[crate::csi::VolumeCapability]) -> CapabilityCheck {
     use crate::csi::volume_capability::{AccessType, access_mode::Mode};
     if caps.is_empty() {
@@ -162,7 +160,11 @@ pub fn check_capabilities(caps: &[crate::csi::VolumeCapability]) -> CapabilityCh
                     m.fs_type
                 ));
             }
-            Some(AccessType::Mount(_)) => {}
+            Some(AccessType::Mount(m)) => {
+                if let Err(why) = crate::mount::options::user_options(&m.mount_flags) {
+                    return CapabilityCheck::Invalid(format!("mount flags: {why}"));
+                }
+            }
         }
     }
     CapabilityCheck::Supported
@@ -216,6 +218,10 @@ mod tests {
             (
                 "s3files:fs-0123456789abcdef0::fsap-1",
                 "not an access point id",
+            ),
+            (
+                "s3files:fs-0123456789abcdef0::fsap-0123456789abcdef0123",
+                "17 hex digits",
             ),
             ("s3files:fs-0123456789abcdef0:/a/../b", "'..'"),
             (

@@ -539,3 +539,43 @@ async fn metrics_count_csi_calls_and_api_calls() {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn mount_options_the_helper_would_refuse_fail_at_create_and_validate() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let with_flags = |flags: &[&str]| {
+        let mut cap = mount_capability(AccessMode::MultiNodeMultiWriter);
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+            m.mount_flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        }
+        cap
+    };
+    for (flags, expected) in [
+        (&["ocsp"][..], "OCSP"),
+        (&["capath=/etc/ssl/certs"][..], "cafile"),
+        (&["noatime", "nfsvers=4.0"][..], "4.2"),
+        (&["vers=4.0"][..], "4.2"),
+        (&["tls,notls"][..], "notls"),
+    ] {
+        let mut req = request(&stack, "pvc-flags", &[]);
+        req.volume_capabilities = vec![with_flags(flags)];
+        let err = client.create_volume(req).await.expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{flags:?}: {err:?}");
+        assert!(err.message().contains(expected), "{flags:?}: {err:?}");
+    }
+    // Nothing was created for the refused requests; good options provision.
+    let mut req = request(&stack, "pvc-flags", &[]);
+    req.volume_capabilities = vec![with_flags(&["noatime", "nfsvers=4.1", "noocsp"])];
+    let handle = create(&mut client, req).await;
+    let err = client
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: handle.to_string(),
+            volume_capabilities: vec![with_flags(&["ocsp"])],
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("OCSP"), "{err:?}");
+}

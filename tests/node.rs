@@ -22,13 +22,13 @@ const FS: &str = "fs-0123456789abcdef0";
 const AP: &str = "fsap-0123456789abcdef1";
 
 /// A mount.s3files-compatible helper: logs its arguments and mounts a tmpfs named after the
-/// source; `-o fail` and `-o hang` make it fail or hang.
+/// source; a target under a pod directory named `pod-fail` or `pod-hang` makes it fail or hang.
 const HELPER: &str = r#"#!/bin/sh
 src="$1"; tgt="$2"; opts=""
 if [ "$3" = "-o" ]; then opts="$4"; fi
 echo "$src $tgt $opts" >> "$HELPER_LOG"
-case ",$opts," in *,fail,*) echo "mount.s3files: access denied by server" >&2; exit 32;; esac
-case ",$opts," in *,hang,*) exec sleep 600;; esac
+case "$tgt" in */pod-fail/*) echo "mount.s3files: access denied by server" >&2; exit 32;; esac
+case "$tgt" in */pod-hang/*) exec sleep 600;; esac
 case ",$opts," in *,ro,*) exec mount -t tmpfs -o ro,size=1m "$src" "$tgt";; esac
 exec mount -t tmpfs -o size=1m "$src" "$tgt"
 "#;
@@ -334,7 +334,7 @@ async fn helper_failures_and_hangs_are_reported_with_stderr() {
             &format!("s3files:{FS}::{AP}"),
             AccessMode::SingleNodeWriter,
             false,
-            &["fail"],
+            &[],
         ))
         .await
         .expect_err("helper fails");
@@ -350,7 +350,7 @@ async fn helper_failures_and_hangs_are_reported_with_stderr() {
             &format!("s3files:{FS}::{AP}"),
             AccessMode::SingleNodeWriter,
             false,
-            &["hang"],
+            &[],
         ))
         .await
         .expect_err("helper hangs");
@@ -447,6 +447,72 @@ async fn bad_input_is_invalid_argument_with_the_reason() {
                 &["stunnel"],
             ),
             "stunnel",
+        ),
+        (
+            "capath (efs-proxy has no CA directories)",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["capath=/etc/ssl/certs"],
+            ),
+            "cafile",
+        ),
+        (
+            "ocsp (an assertion in efs-utils)",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["ocsp"],
+            ),
+            "OCSP",
+        ),
+        (
+            "nfsvers=4.0",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["nfsvers=4.0"],
+            ),
+            "4.2",
+        ),
+        (
+            "vers=4.0",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["noatime,vers=4.0"],
+            ),
+            "4.2",
+        ),
+        (
+            "an option nobody knows",
+            publish(
+                &target,
+                &good,
+                AccessMode::SingleNodeWriter,
+                false,
+                &["noatme"],
+            ),
+            "not an option",
+        ),
+        (
+            "an access point id of 18 hex digits",
+            publish(
+                &target,
+                &format!("s3files:{FS}::fsap-0123456789abcdef12"),
+                AccessMode::SingleNodeWriter,
+                false,
+                &[],
+            ),
+            "17 hex digits",
         ),
         (
             "notls",
