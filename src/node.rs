@@ -265,7 +265,7 @@ impl NodeService {
                     "rw contradicts a read-only publication",
                 ));
             }
-            if !options.iter().any(|o| *o == flag) {
+            if !options.contains(&flag) {
                 user.push(flag);
             }
         }
