@@ -619,7 +619,9 @@ mod tests {
         let svc = service();
         let handle = VolumeHandle::parse("s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1")
             .expect("handle");
-        let table: &[(&[&str], &[(&str, &str)], bool)] = &[
+        // (mount flags, volume context, read-only)
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+        let table: &[Case] = &[
             (&[], &[], false),
             (&[], &[], true),
             (&["noatime,actimeo=30", "tls", "iam"], &[], false),
