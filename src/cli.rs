@@ -183,6 +183,21 @@ pub struct NodeArgs {
     #[arg(long, env = "S3FILES_IMDS_FALLBACK", help_heading = "Node")]
     pub imds_fallback: bool,
 
+    /// amazon-efs-mount-watchdog to run and keep running: `auto` (the one on PATH, when
+    /// installed: the production image), `off`, or a path.
+    #[arg(
+        long,
+        env = "S3FILES_EFS_WATCHDOG",
+        default_value = "auto",
+        help_heading = "efs-utils"
+    )]
+    pub efs_watchdog: String,
+
+    /// Reap orphaned processes (efs-proxy after its mount helper exits): make the plugin a child
+    /// subreaper and collect the exit status of every child nobody waits for.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, help_heading = "efs-utils")]
+    pub reap_orphans: bool,
+
     /// Where published volumes are recorded, so a restarted plugin stays idempotent.
     #[arg(
         long,

@@ -19,6 +19,7 @@ pub mod identity;
 pub mod metrics;
 pub mod mount;
 pub mod node;
+pub mod process;
 pub mod quickstart;
 pub mod rpc;
 pub mod server;

@@ -21,7 +21,9 @@ use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::metrics::Metrics;
 use s3files_csi::mount::Mounter;
 use s3files_csi::mount::linux::{LinuxMounter, MountHelper};
+use s3files_csi::node::watchdog::{Watchdog, WatchdogConfig};
 use s3files_csi::node::{HelperReadiness, NodeConfig, NodeService, NodeTopology, validate_node_id};
+use s3files_csi::process::{Children, become_subreaper, reap_forever};
 use s3files_csi::server::{Listener, Services, shutdown_signal};
 use s3files_csi::{client, telemetry};
 
@@ -104,6 +106,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Node(args) => {
             validate_node_id(&args.node_id).map_err(anyhow::Error::msg)?;
+            let children = Children::new();
+            if args.reap_orphans {
+                match become_subreaper() {
+                    Ok(()) => info!("reaping orphaned processes (child subreaper)"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot become a child subreaper; orphans are reaped only when this is PID 1")
+                    }
+                }
+                tokio::spawn(reap_forever(children.clone()));
+            }
             let helper = match &args.mount_helper {
                 Some(path) => MountHelper::program(path.clone()),
                 None => MountHelper::system(),
@@ -113,6 +125,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 mount_timeout: args.mount_timeout,
                 unmount_timeout: args.unmount_timeout,
                 stat_timeout: std::time::Duration::from_secs(5),
+                children: children.clone(),
             });
             let kube = kube_client(&args.kubernetes).await?;
             let topology = resolve_topology(&args, kube.clone()).await;
@@ -134,13 +147,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 metrics: start_metrics(&args.serve),
             };
             let listener = Listener::bind(&args.serve.endpoint).await?;
+            let watchdog = watchdog_program(&args.efs_watchdog)?
+                .map(|program| Watchdog::start(WatchdogConfig::new(program), children.clone()));
             // Only a plugin that is serving lets pods onto the node.
             if let Some(client) = kube {
                 tokio::spawn(k8s::remove_taint_until_done(client, args.node_id.clone()));
             }
-            listener
+            let served = listener
                 .serve(services, shutdown_signal(), args.serve.shutdown_grace)
-                .await?;
+                .await;
+            // The watchdog goes last: calls in flight may still have been mounting.
+            if let Some(w) = watchdog {
+                w.stop().await;
+            }
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Health(args) => health(args).await,
@@ -149,6 +169,36 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Quickstart { keep } => {
             s3files_csi::quickstart::run(keep).await?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The watchdog to supervise, from `--efs-watchdog`: `auto` runs the installed one if any.
+fn watchdog_program(setting: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
+    const NAME: &str = "amazon-efs-mount-watchdog";
+    match setting {
+        "off" => Ok(None),
+        "auto" => {
+            let path = std::env::var_os("PATH").unwrap_or_else(|| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+            });
+            let found = std::env::split_paths(&path)
+                .map(|d| d.join(NAME))
+                .find(|p| p.is_file());
+            if found.is_none() {
+                info!("{NAME} is not installed; not supervising it (--efs-watchdog=auto)");
+            }
+            Ok(found)
+        }
+        path => {
+            let path = std::path::PathBuf::from(path);
+            if !path.is_file() {
+                bail!(
+                    "--efs-watchdog {}: no such file (use auto, off or a path)",
+                    path.display()
+                );
+            }
+            Ok(Some(path))
         }
     }
 }

@@ -13,6 +13,7 @@
 //! restart of the plugin (the mount table of an NFS mount only shows `127.0.0.1:/`).
 
 pub mod k8s;
+pub mod watchdog;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};

@@ -224,6 +224,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         mount_timeout: Duration::from_secs(60),
         unmount_timeout: Duration::from_secs(10),
         stat_timeout: Duration::from_secs(5),
+        children: crate::process::Children::new(),
     });
     let node = NodeService::new(
         NodeConfig {

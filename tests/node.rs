@@ -42,6 +42,10 @@ struct Node {
 
 impl Node {
     async fn start(extra: &[&str]) -> Node {
+        Node::start_with_env(extra, &[]).await
+    }
+
+    async fn start_with_env(extra: &[&str], env: &[(&str, String)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let helper = dir.path().join("mount.s3files");
         std::fs::write(&helper, HELPER).expect("helper");
@@ -63,8 +67,9 @@ impl Node {
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let plugin =
-            Plugin::start_with_env(&args, &[("HELPER_LOG", log.display().to_string())]).await;
+        let mut env = env.to_vec();
+        env.push(("HELPER_LOG", log.display().to_string()));
+        let plugin = Plugin::start_with_env(&args, &env).await;
         let client = NodeClient::new(plugin.channel().await);
         Node {
             plugin,
@@ -864,4 +869,136 @@ async fn a_dead_fuse_mount_is_abnormal_replaced_on_publish_and_unpublished() {
         .await
         .expect("unpublish");
     assert!(mounted(&target).is_none(), "every layer peeled off");
+}
+
+/// A stand-in for amazon-efs-mount-watchdog: logs its start and stop, prints a line, and
+/// leaves an orphan behind as mount.s3files leaves efs-proxy.
+const WATCHDOG: &str = r#"#!/bin/sh
+echo "started $$" >> "$WATCHDOG_LOG"
+trap 'echo "stopped $$" >> "$WATCHDOG_LOG"; exit 0' TERM
+sh -c 'sleep 1 & echo "orphan $!" >> "$WATCHDOG_LOG"'
+echo "watchdog says hello"
+while :; do sleep 0.1; done
+"#;
+
+fn lines_with(path: &Path, word: &str) -> Vec<i32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(word)?.trim().parse().ok())
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds, failing after `limit` with `what`.
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn gone(pid: i32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn zombies_of(parent: i32) -> Vec<i32> {
+    s3files_csi::process::children_of(parent)
+        .into_iter()
+        .filter(|(_, state, _)| *state == 'Z')
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_watchdog_is_supervised_orphans_are_reaped_and_sigterm_stops_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("amazon-efs-mount-watchdog");
+    std::fs::write(&script, WATCHDOG).expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let log = dir.path().join("watchdog.log");
+    let node = Node::start_with_env(
+        &["--efs-watchdog", &script.display().to_string()],
+        &[("WATCHDOG_LOG", log.display().to_string())],
+    )
+    .await;
+    let plugin_pid = node.plugin.pid();
+    eventually(Duration::from_secs(10), "the watchdog starts", || {
+        !lines_with(&log, "started").is_empty() && !lines_with(&log, "orphan").is_empty()
+    })
+    .await;
+    let first = lines_with(&log, "started")[0];
+    // The orphan comes back to the plugin (a subreaper), exits after a second, and only its
+    // parent can collect it: gone means the plugin reaped it.
+    let orphan = lines_with(&log, "orphan")[0];
+    eventually(
+        Duration::from_secs(5),
+        "the orphan is re-parented to the plugin",
+        || {
+            gone(orphan)
+                || s3files_csi::process::children_of(plugin_pid)
+                    .iter()
+                    .any(|(pid, _, _)| *pid == orphan)
+        },
+    )
+    .await;
+    assert!(
+        !gone(orphan),
+        "the orphan exited before it was seen under the plugin"
+    );
+    eventually(Duration::from_secs(10), "the orphan is reaped", || {
+        gone(orphan)
+    })
+    .await;
+
+    // kill -9: the watchdog comes back, and the dead one is not left <defunct>.
+    common::send_signal(first, "KILL");
+    eventually(Duration::from_secs(15), "the watchdog is restarted", || {
+        lines_with(&log, "started").len() >= 2
+    })
+    .await;
+    let second = lines_with(&log, "started")[1];
+    assert_ne!(first, second);
+    eventually(
+        Duration::from_secs(10),
+        "the killed watchdog is reaped",
+        || gone(first),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "no zombie under the plugin",
+        || zombies_of(plugin_pid).is_empty(),
+    )
+    .await;
+    assert!(
+        node.plugin.log().contains("watchdog says hello"),
+        "the watchdog's output is logged: {}",
+        node.plugin.log()
+    );
+
+    // SIGTERM: the plugin stops serving, then stops the watchdog, and exits 0.
+    let Node { plugin, .. } = node;
+    let (status, plugin_log) = plugin.terminate().await;
+    assert!(status.success(), "{status:?}: {plugin_log}");
+    assert_eq!(lines_with(&log, "stopped"), vec![second], "{plugin_log}");
+    eventually(Duration::from_secs(5), "the watchdog is gone", || {
+        gone(second)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_watchdog_path_that_does_not_exist_is_refused_at_start() {
+    let (status, _, stderr) = common::run(&[
+        "node",
+        "--node-id",
+        "n1",
+        "--efs-watchdog",
+        "/nonexistent/amazon-efs-mount-watchdog",
+        "--endpoint",
+        "tcp://127.0.0.1:0",
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("--efs-watchdog"), "{stderr}");
 }

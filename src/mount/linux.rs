@@ -1,9 +1,15 @@
 //! The real [`Mounter`]: runs the mount helper as a child process with a deadline, unmounts
 //! with `umount2` (falling back to a lazy detach), reads `/proc/self/mountinfo`, and takes
 //! `statvfs` on a blocking thread with a deadline so a hung mount never hangs the node plugin.
+//!
+//! The helper runs in a process group of its own: `mount` runs `mount.s3files`, which runs
+//! `mount.nfs4`, and a timeout kills the whole group, not only `mount` (which would leave the
+//! helper to finish the mount after the node gave up). efs-proxy starts its own session and is
+//! not in the group.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -12,6 +18,7 @@ use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
 
 use super::{FsStats, MountEntry, MountError, MountSpec, Mounter, mountinfo};
+use crate::process::Children;
 
 /// How the helper is invoked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +71,8 @@ pub struct LinuxMounter {
     pub mount_timeout: Duration,
     pub unmount_timeout: Duration,
     pub stat_timeout: Duration,
+    /// Where the helper's pid is registered while it runs, so the orphan reaper leaves it.
+    pub children: Arc<Children>,
 }
 
 fn find_in_path(program: &Path) -> Option<PathBuf> {
@@ -74,6 +83,16 @@ fn find_in_path(program: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// What the helper wrote to stderr. A process it left running (efs-proxy) may hold the pipe
+/// open, so the read waits one second at most for the end.
+async fn stderr_of(task: tokio::task::JoinHandle<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -91,16 +110,18 @@ impl Mounter for LinuxMounter {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => MountError::HelperMissing {
-                helper: helper.clone(),
-            },
-            _ => MountError::Io {
-                context: format!("starting {helper}"),
-                source: e,
-            },
-        })?;
+        let (mut child, _registered) =
+            self.children.spawn(&mut cmd).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => MountError::HelperMissing {
+                    helper: helper.clone(),
+                },
+                _ => MountError::Io {
+                    context: format!("starting {helper}"),
+                    source: e,
+                },
+            })?;
         let mut stderr_pipe = child.stderr.take();
         let stderr_task = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -114,19 +135,22 @@ impl Mounter for LinuxMounter {
             Ok(Ok(status)) => Err(MountError::HelperFailed {
                 helper,
                 status: status.to_string(),
-                stderr: stderr_task.await.unwrap_or_default(),
+                stderr: stderr_of(stderr_task).await,
             }),
             Ok(Err(e)) => Err(MountError::Io {
                 context: format!("waiting for {helper}"),
                 source: e,
             }),
             Err(_) => {
+                // The whole group: mount, mount.s3files and whatever they started in it.
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 let _ = child.kill().await;
-                let stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
+                let stderr = stderr_of(stderr_task).await;
                 Err(MountError::HelperTimedOut {
                     helper,
                     timeout: self.mount_timeout,
