@@ -83,11 +83,30 @@ impl Drop for TargetLock {
     }
 }
 
-/// A publication, as recorded on disk.
-#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A publication, as recorded on disk. It is written before the helper runs, so a mount that
+/// completes after the node gave up on the helper (a timeout) is recognised and adopted by the
+/// retry that asks for the same thing.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Record {
     volume_id: String,
     readonly: bool,
+    /// The request's mount flags, checked and in order; absent in records of older versions
+    /// of the plugin. What the node adds from its own configuration (region, azid) is left out:
+    /// a plugin restarted with other settings still recognises its mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mount_flags: Option<Vec<String>>,
+}
+
+impl Record {
+    /// Whether a mount made for `self` serves a request for `wanted`.
+    fn serves(&self, wanted: &Record) -> bool {
+        self.volume_id == wanted.volume_id
+            && self.readonly == wanted.readonly
+            && match (&self.mount_flags, &wanted.mount_flags) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// Checks a node id: non-empty, at most 256 bytes, no control characters.
@@ -128,6 +147,17 @@ fn checked_path(field: &'static str, raw: &str) -> Result<PathBuf> {
         ));
     }
     Ok(path.to_owned())
+}
+
+/// The mount flags of a capability, split, checked and deduplicated (empty when invalid:
+/// `options` refuses those first).
+fn request_flags(cap: &csi::VolumeCapability) -> Vec<String> {
+    match &cap.access_type {
+        Some(csi::volume_capability::AccessType::Mount(m)) => {
+            options::user_options(&m.mount_flags).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn mount_error(err: MountError) -> Error {
@@ -325,6 +355,15 @@ impl NodeService {
         let options = self.options(&handle, &req, readonly)?;
         let _lock = self.lock(&target)?;
 
+        let source = match &handle.subpath {
+            Some(p) => format!("{}:{p}", handle.file_system_id),
+            None => handle.file_system_id.clone(),
+        };
+        let wanted = Record {
+            volume_id: req.volume_id.clone(),
+            readonly,
+            mount_flags: Some(request_flags(cap)),
+        };
         let table = self.mounter.mounts().await.map_err(mount_error)?;
         if let Some(existing) = mountinfo::mount_at(&table, &target) {
             match self.mounter.stats(&target).await {
@@ -333,17 +372,16 @@ impl NodeService {
                     self.mounter.unmount(&target).await.map_err(mount_error)?;
                 }
                 _ => {
-                    let wanted = Record {
-                        volume_id: req.volume_id.clone(),
-                        readonly,
-                    };
                     return match self.read_record(&target) {
-                        Some(record) if record == wanted => Ok(csi::NodePublishVolumeResponse {}),
+                        Some(record) if record.serves(&wanted) => {
+                            Ok(csi::NodePublishVolumeResponse {})
+                        }
                         Some(record) => Err(Error::AlreadyExists(format!(
-                            "{} is already published from volume {} (readonly={}); unpublish it first",
+                            "{} is already published from volume {} (readonly={}, mount flags {:?}); unpublish it first",
                             target.display(),
                             record.volume_id,
-                            record.readonly
+                            record.readonly,
+                            record.mount_flags.unwrap_or_default().join(",")
                         ))),
                         None => Err(Error::AlreadyExists(format!(
                             "{} is already a mount point ({} from {}) that this driver did not make",
@@ -358,10 +396,9 @@ impl NodeService {
         tokio::fs::create_dir_all(&target)
             .await
             .map_err(|e| Error::io(format!("creating target {}", target.display()), e))?;
-        let source = match &handle.subpath {
-            Some(p) => format!("{}:{p}", handle.file_system_id),
-            None => handle.file_system_id.clone(),
-        };
+        // Recorded first: if the helper outlives its deadline and mounts anyway, the retry finds
+        // this record next to the mount and adopts it.
+        self.write_record(&target, &wanted)?;
         let spec = MountSpec {
             source,
             target: target.clone(),
@@ -369,13 +406,6 @@ impl NodeService {
         };
         info!(source = %spec.source, options = %spec.options.join(","), "mounting");
         self.mounter.mount(&spec).await.map_err(mount_error)?;
-        self.write_record(
-            &target,
-            &Record {
-                volume_id: req.volume_id,
-                readonly,
-            },
-        )?;
         Ok(csi::NodePublishVolumeResponse {})
     }
 

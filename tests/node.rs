@@ -22,13 +22,19 @@ const FS: &str = "fs-0123456789abcdef0";
 const AP: &str = "fsap-0123456789abcdef1";
 
 /// A mount.s3files-compatible helper: logs its arguments and mounts a tmpfs named after the
-/// source; a target under a pod directory named `pod-fail` or `pod-hang` makes it fail or hang.
+/// source; a target under a pod directory named `pod-fail` or `pod-hang` makes it fail or hang,
+/// and `pod-late` makes it hang while a process outside its group mounts two seconds later (a
+/// mount that completes after the node's deadline).
 const HELPER: &str = r#"#!/bin/sh
 src="$1"; tgt="$2"; opts=""
 if [ "$3" = "-o" ]; then opts="$4"; fi
 echo "$src $tgt $opts" >> "$HELPER_LOG"
 case "$tgt" in */pod-fail/*) echo "mount.s3files: access denied by server" >&2; exit 32;; esac
 case "$tgt" in */pod-hang/*) exec sleep 600;; esac
+case "$tgt" in */pod-late/*)
+  setsid sh -c "sleep 2; mount -t tmpfs -o size=1m '$src' '$tgt'" </dev/null >/dev/null 2>&1 &
+  exec sleep 600;;
+esac
 case ",$opts," in *,ro,*) exec mount -t tmpfs -o ro,size=1m "$src" "$tgt";; esac
 exec mount -t tmpfs -o size=1m "$src" "$tgt"
 "#;
@@ -1001,4 +1007,46 @@ async fn a_watchdog_path_that_does_not_exist_is_refused_at_start() {
     ]);
     assert!(!status.success());
     assert!(stderr.contains("--efs-watchdog"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_mount_that_completes_after_the_timeout_is_adopted_by_the_retry() {
+    let mut node = Node::start(&["--mount-timeout", "1"]).await;
+    let target = node.target("pod-late");
+    let volume = format!("s3files:{FS}::{AP}");
+    let request = publish(&target, &volume, AccessMode::SingleNodeWriter, false, &[]);
+    let err = node
+        .client
+        .node_publish_volume(request.clone())
+        .await
+        .expect_err("the helper outlives its deadline");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    eventually(Duration::from_secs(10), "the late mount appears", || {
+        mounted(&target).is_some()
+    })
+    .await;
+    // The same request again: the late mount is the one it asked for.
+    node.client
+        .node_publish_volume(request)
+        .await
+        .expect("the retry adopts the mount");
+    assert_eq!(node.helper_calls().len(), 1, "no second helper run");
+    // A different request for the same target is still refused.
+    let other = node
+        .client
+        .node_publish_volume(publish(
+            &target,
+            &volume,
+            AccessMode::SingleNodeWriter,
+            true,
+            &[],
+        ))
+        .await
+        .expect_err("read-only differs");
+    assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+    node.client
+        .node_unpublish_volume(unpublish(&target))
+        .await
+        .expect("unpublish");
+    assert!(mounted(&target).is_none());
 }
