@@ -56,6 +56,8 @@ impl DataLocation {
 /// [`DataStore`] on `object_store`, one client per bucket.
 pub struct ObjectData {
     location: DataLocation,
+    /// The buckets' region; `None` leaves it to `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    region: Option<String>,
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
@@ -63,8 +65,16 @@ impl ObjectData {
     pub fn new(location: DataLocation) -> Self {
         ObjectData {
             location,
+            region: None,
             stores: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Talks to S3 in `region` (the controller passes the region its S3 Files client resolved,
+    /// so no bucket is looked for in object_store's default of us-east-1).
+    pub fn with_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
     }
 
     /// The directory of `bucket` when buckets are local directories.
@@ -82,7 +92,11 @@ impl ObjectData {
     ) -> Result<Option<Arc<dyn object_store::list::PaginatedListStore>>> {
         match &self.location {
             DataLocation::Local { .. } => Ok(None),
-            DataLocation::S3 { endpoint } => Ok(Some(Arc::new(s3_client(bucket, endpoint)?))),
+            DataLocation::S3 { endpoint } => Ok(Some(Arc::new(s3_client(
+                bucket,
+                endpoint,
+                self.region.as_deref(),
+            )?))),
         }
     }
 
@@ -97,7 +111,9 @@ impl ObjectData {
             return Ok(s.clone());
         }
         let store: Arc<dyn ObjectStore> = match &self.location {
-            DataLocation::S3 { endpoint } => Arc::new(s3_client(bucket, endpoint)?),
+            DataLocation::S3 { endpoint } => {
+                Arc::new(s3_client(bucket, endpoint, self.region.as_deref())?)
+            }
             DataLocation::Local { root } => {
                 let dir = root.join(bucket);
                 Arc::new(
@@ -117,9 +133,17 @@ impl ObjectData {
     }
 }
 
-/// An S3 client for `bucket`; credentials and region from the environment.
-fn s3_client(bucket: &str, endpoint: &Option<String>) -> Result<object_store::aws::AmazonS3> {
+/// An S3 client for `bucket`; credentials from the environment, the region given or else from
+/// the environment.
+fn s3_client(
+    bucket: &str,
+    endpoint: &Option<String>,
+    region: Option<&str>,
+) -> Result<object_store::aws::AmazonS3> {
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(r) = region {
+        builder = builder.with_region(r);
+    }
     if let Some(e) = endpoint {
         builder = builder
             .with_endpoint(e)

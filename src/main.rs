@@ -19,8 +19,8 @@ use s3files_csi::emulator::{BucketStore, Config as EmulatorConfig, Emulator};
 use s3files_csi::identity::ReadinessCheck;
 use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::metrics::Metrics;
-use s3files_csi::mount::Mounter;
 use s3files_csi::mount::linux::{LinuxMounter, MountHelper};
+use s3files_csi::mount::{Mounter, options};
 use s3files_csi::node::watchdog::{Watchdog, WatchdogConfig};
 use s3files_csi::node::{HelperReadiness, NodeConfig, NodeService, NodeTopology, validate_node_id};
 use s3files_csi::process::{Children, become_subreaper, reap_forever};
@@ -69,8 +69,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Controller(args) => {
             validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
+            let region = controller_region(args.cloud.region.as_deref()).await?;
+            info!(%region, "AWS region");
             let options = ClientOptions {
-                region: args.cloud.region.clone(),
+                region: Some(region.clone()),
                 endpoint_url: args.cloud.s3files_endpoint.clone(),
                 max_attempts: args.cloud.api_max_attempts,
                 rate_limit: (args.cloud.api_rate_limit > 0.0).then_some(args.cloud.api_rate_limit),
@@ -83,7 +85,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(m) => Arc::new(Observed::new(sdk, m.clone())),
                 None => Arc::new(sdk),
             };
-            let data = data_store(args.data_store.as_deref())?;
+            let data = data_store(args.data_store.as_deref(), &region)?;
             let config = ControllerConfig {
                 cluster_tag: args.cluster_tag.clone(),
                 extra_tags: args.tags.clone(),
@@ -106,6 +108,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Node(args) => {
             validate_node_id(&args.node_id).map_err(anyhow::Error::msg)?;
+            for (flag, value, check) in [
+                (
+                    "--region",
+                    &args.region,
+                    options::check_region as fn(&str) -> Result<(), String>,
+                ),
+                ("--zone-id", &args.zone_id, options::check_zone_id),
+            ] {
+                if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                    check(v).map_err(|why| anyhow::anyhow!("{flag}: {why}"))?;
+                }
+            }
             let children = Children::new();
             if args.reap_orphans {
                 match become_subreaper() {
@@ -129,11 +143,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             });
             let kube = kube_client(&args.kubernetes).await?;
             let topology = resolve_topology(&args, kube.clone()).await;
-            info!(zone = ?topology.zone, zone_id = ?topology.zone_id, "node topology");
+            info!(zone = ?topology.zone, zone_id = ?topology.zone_id, region = ?topology.region, "node topology");
             let config = NodeConfig {
                 node_id: args.node_id.clone(),
+                region: topology.region.clone(),
                 topology,
-                region: args.region.clone(),
                 state_dir: args.state_dir.clone(),
             };
             validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
@@ -217,13 +231,17 @@ async fn kube_client(mode: &str) -> anyhow::Result<Option<kube::Client>> {
     }
 }
 
-/// The node's zone: flags first, then the Node's labels, then (opt-in) instance metadata.
+/// The node's zone and region: flags first, then the Node's labels, then (opt-in) instance
+/// metadata. What is still unknown is said once, loudly: mount.s3files then asks instance
+/// metadata itself, which pods on EKS often cannot reach.
 async fn resolve_topology(args: &NodeArgs, kube: Option<kube::Client>) -> NodeTopology {
     let mut topology = NodeTopology {
         zone: args.zone.clone(),
         zone_id: args.zone_id.clone(),
+        // An empty AWS_REGION is no region.
+        region: args.region.clone().filter(|r| !r.is_empty()),
     };
-    let complete = |t: &NodeTopology| t.zone.is_some() && t.zone_id.is_some();
+    let complete = |t: &NodeTopology| t.zone.is_some() && t.zone_id.is_some() && t.region.is_some();
     if !complete(&topology)
         && let Some(client) = kube
     {
@@ -231,6 +249,7 @@ async fn resolve_topology(args: &NodeArgs, kube: Option<kube::Client>) -> NodeTo
             Ok(found) => {
                 topology.zone = topology.zone.or(found.zone);
                 topology.zone_id = topology.zone_id.or(found.zone_id);
+                topology.region = topology.region.or(found.region);
             }
             Err(e) => {
                 tracing::warn!(node = %args.node_id, error = %e, "could not read the Node's zone labels")
@@ -239,29 +258,66 @@ async fn resolve_topology(args: &NodeArgs, kube: Option<kube::Client>) -> NodeTo
     }
     if !complete(&topology) && args.imds_fallback {
         let imds = aws_config::imds::Client::builder().build();
-        if topology.zone.is_none() {
-            topology.zone = imds
-                .get("/latest/meta-data/placement/availability-zone")
-                .await
-                .ok()
-                .map(String::from);
+        for (slot, path) in [
+            (
+                &mut topology.zone,
+                "/latest/meta-data/placement/availability-zone",
+            ),
+            (
+                &mut topology.zone_id,
+                "/latest/meta-data/placement/availability-zone-id",
+            ),
+            (&mut topology.region, "/latest/meta-data/placement/region"),
+        ] {
+            if slot.is_none() {
+                *slot = imds.get(path).await.ok().map(String::from);
+            }
         }
-        if topology.zone_id.is_none() {
-            topology.zone_id = imds
-                .get("/latest/meta-data/placement/availability-zone-id")
-                .await
-                .ok()
-                .map(String::from);
-        }
+    }
+    if topology.region.is_none() {
+        tracing::warn!(
+            node = %args.node_id,
+            "the node's region is unknown, so mounts pass no region= and mount.s3files must ask instance metadata; set the chart's region value (--region / AWS_REGION) or label the Node topology.kubernetes.io/region"
+        );
+    }
+    if topology.zone_id.is_none() {
+        tracing::warn!(
+            node = %args.node_id,
+            "the node's availability zone id is unknown, so mounts pass no azid= and mount.s3files must ask instance metadata; label the Node topology.k8s.aws/zone-id (EKS does), pass --zone-id, or turn on --imds-fallback"
+        );
     }
     topology
 }
 
-/// The data store for `onDelete: delete`, from `--data-store`.
-fn data_store(spec: Option<&str>) -> anyhow::Result<Option<Arc<dyn DataStore>>> {
+/// The controller's region: `--region`, else the SDK's chain (AWS_REGION, the profile,
+/// instance metadata). Both the S3 Files client and the data store use it; with none the
+/// controller does not start, rather than guess us-east-1 (EKS Pod Identity sets no region).
+async fn controller_region(flag: Option<&str>) -> anyhow::Result<String> {
+    let region = match flag.filter(|r| !r.is_empty()) {
+        Some(r) => Some(r.to_owned()),
+        None => aws_config::meta::region::RegionProviderChain::default_provider()
+            .region()
+            .await
+            .map(|r| r.to_string()),
+    };
+    match region {
+        Some(r) => {
+            options::check_region(&r).map_err(|why| anyhow::anyhow!("region: {why}"))?;
+            Ok(r)
+        }
+        None => bail!(
+            "the controller cannot find its AWS region (no --region, AWS_REGION, profile or instance metadata); set the chart's region value"
+        ),
+    }
+}
+
+/// The data store for `onDelete: delete`, from `--data-store`, in the controller's region.
+fn data_store(spec: Option<&str>, region: &str) -> anyhow::Result<Option<Arc<dyn DataStore>>> {
     let Some(spec) = spec else { return Ok(None) };
     let location = DataLocation::parse(spec).map_err(anyhow::Error::msg)?;
-    Ok(Some(Arc::new(ObjectData::new(location))))
+    Ok(Some(Arc::new(
+        ObjectData::new(location).with_region(Some(region.to_owned())),
+    )))
 }
 
 async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {

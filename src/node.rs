@@ -48,6 +48,9 @@ pub struct NodeTopology {
     pub zone: Option<String>,
     /// e.g. `use1-az1`; passed to the helper as `azid` so it needs no instance metadata.
     pub zone_id: Option<String>,
+    /// e.g. `us-east-1`, from the Node's `topology.kubernetes.io/region` label; used when no
+    /// `--region` is given.
+    pub region: Option<String>,
 }
 
 /// Node settings from the command line.
@@ -55,7 +58,7 @@ pub struct NodeTopology {
 pub struct NodeConfig {
     pub node_id: String,
     pub topology: NodeTopology,
-    /// Passed to the helper as `region` when set.
+    /// Passed to the helper as `region` when set (the flag, else the Node's region label).
     pub region: Option<String>,
     /// Where published volumes are recorded.
     pub state_dir: PathBuf,
@@ -158,6 +161,20 @@ fn request_flags(cap: &csi::VolumeCapability) -> Vec<String> {
         }
         _ => Vec::new(),
     }
+}
+
+/// Why a failed mount may have needed instance metadata: the options lack `region=` or `azid=`.
+fn imds_hint(options: &[String]) -> Option<String> {
+    let missing: Vec<&str> = ["region", "azid"]
+        .into_iter()
+        .filter(|name| !options.iter().any(|o| o.split('=').next() == Some(*name)))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "the node passed no {}, so mount.s3files asked instance metadata; set the node's region and zone id (chart value region, Node labels topology.kubernetes.io/region and topology.k8s.aws/zone-id)",
+            missing.join(" or ")
+        )
+    })
 }
 
 fn mount_error(err: MountError) -> Error {
@@ -405,7 +422,12 @@ impl NodeService {
             options,
         };
         info!(source = %spec.source, options = %spec.options.join(","), "mounting");
-        self.mounter.mount(&spec).await.map_err(mount_error)?;
+        self.mounter.mount(&spec).await.map_err(|e| {
+            match (mount_error(e), imds_hint(&spec.options)) {
+                (Error::Internal(m), Some(hint)) => Error::Internal(format!("{m} ({hint})")),
+                (err, _) => err,
+            }
+        })?;
         Ok(csi::NodePublishVolumeResponse {})
     }
 
@@ -616,6 +638,7 @@ mod tests {
             topology: NodeTopology {
                 zone: Some("us-east-1a".into()),
                 zone_id: Some("use1-az1".into()),
+                region: None,
             },
             region: Some("us-east-1".into()),
             state_dir: std::env::temp_dir(),

@@ -232,8 +232,9 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             topology: NodeTopology {
                 zone: Some("us-east-1a".into()),
                 zone_id: Some("use1-az1".into()),
+                region: Some("us-east-1".into()),
             },
-            region: None,
+            region: Some("us-east-1".into()),
             state_dir: dir.path().join("node-state"),
         },
         mounter,

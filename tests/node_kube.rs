@@ -67,14 +67,14 @@ async fn fake_api(node: Nodes) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zone_comes_from_the_node_labels_and_the_taint_goes() {
+async fn zone_and_region_come_from_the_node_labels_and_the_taint_goes() {
     let node: Nodes = Arc::new(Mutex::new(json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
             "name": "node-7",
             "resourceVersion": "100",
-            "labels": {"topology.kubernetes.io/zone": "us-east-1b", "topology.k8s.aws/zone-id": "use1-az2", "kubernetes.io/os": "linux"}
+            "labels": {"topology.kubernetes.io/zone": "us-east-1b", "topology.k8s.aws/zone-id": "use1-az2", "topology.kubernetes.io/region": "us-east-1", "kubernetes.io/os": "linux"}
         },
         "spec": {
             "providerID": "aws:///us-east-1b/i-0123456789abcdef0",
@@ -90,6 +90,19 @@ async fn zone_comes_from_the_node_labels_and_the_taint_goes() {
     let kubeconfig = dir.path().join("kubeconfig");
     common::write_kubeconfig(&kubeconfig, &url);
     let state = dir.path().join("state").display().to_string();
+    // A helper that records its options and mounts nothing real: a tmpfs.
+    let helper = dir.path().join("mount.s3files");
+    let calls = dir.path().join("calls");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\necho \"$4\" >> {}\nexec mount -t tmpfs -o size=1m \"$1\" \"$2\"\n",
+            calls.display()
+        ),
+    )
+    .expect("helper");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let plugin = Plugin::start_with_env(
         &[
             "node",
@@ -98,11 +111,15 @@ async fn zone_comes_from_the_node_labels_and_the_taint_goes() {
             "--kubernetes",
             "on",
             "--mount-helper",
-            "/bin/true",
+            &helper.display().to_string(),
             "--state-dir",
             &state,
         ],
-        &[("KUBECONFIG", kubeconfig.display().to_string())],
+        &[
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            // The environment must not be where the region comes from here.
+            ("AWS_REGION", String::new()),
+        ],
     )
     .await;
     let mut client = NodeClient::new(plugin.channel().await);
@@ -114,6 +131,32 @@ async fn zone_comes_from_the_node_labels_and_the_taint_goes() {
     let segments = info.accessible_topology.expect("topology").segments;
     assert_eq!(segments["topology.kubernetes.io/zone"], "us-east-1b");
     assert_eq!(segments["topology.k8s.aws/zone-id"], "use1-az2");
+
+    // Mounts pass region= and azid= from the labels: the real helper needs no instance metadata.
+    let target = dir.path().join("pods/p1/mount");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("pod dir");
+    client
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: "s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1".into(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(common::mount_capability(
+                csi::volume_capability::access_mode::Mode::MultiNodeMultiWriter,
+            )),
+            ..Default::default()
+        })
+        .await
+        .expect("publish");
+    let options = std::fs::read_to_string(&calls).expect("helper ran");
+    let options: Vec<&str> = options.trim().split(',').collect();
+    assert!(options.contains(&"region=us-east-1"), "{options:?}");
+    assert!(options.contains(&"azid=use1-az2"), "{options:?}");
+    client
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: "s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1".into(),
+            target_path: target.display().to_string(),
+        })
+        .await
+        .expect("unpublish");
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -160,7 +203,10 @@ async fn flags_win_over_labels_and_a_missing_node_is_only_a_warning() {
             "--state-dir",
             &state,
         ],
-        &[("KUBECONFIG", kubeconfig.display().to_string())],
+        &[
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("AWS_REGION", String::new()),
+        ],
     )
     .await;
     let mut client = NodeClient::new(plugin.channel().await);
@@ -176,6 +222,11 @@ async fn flags_win_over_labels_and_a_missing_node_is_only_a_warning() {
         plugin
             .log()
             .contains("could not read the Node's zone labels"),
+        "{}",
+        plugin.log()
+    );
+    assert!(
+        plugin.log().contains("the node's region is unknown"),
         "{}",
         plugin.log()
     );

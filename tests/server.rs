@@ -101,12 +101,40 @@ fn bad_start_up_input_fails_fast_with_a_clear_message() {
         (&["node", "--node-id", ""], "node id is empty"),
         (&["controller", "--endpoint", "relative.sock"], "unix://"),
         (&["node"], "--node-id"),
+        (
+            &["node", "--node-id", "n1", "--region", "US East"],
+            "--region",
+        ),
+        (
+            &["node", "--node-id", "n1", "--zone-id", "us-east-1a"],
+            "zone id",
+        ),
+        (&["controller", "--region", "useast1"], "region"),
     ];
     for (args, expected) in cases {
         let (status, _, stderr) = run(args);
         assert!(!status.success(), "{args:?} should fail");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_controller_that_cannot_find_its_region_does_not_start() {
+    // No flag, no environment, no profile, no instance metadata: nothing to fall back on
+    // (object_store alone would have used us-east-1).
+    let out = std::process::Command::new(common::BIN)
+        .args(["controller", "--endpoint", "tcp://127.0.0.1:0"])
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env("AWS_CONFIG_FILE", "/nonexistent/config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot find its AWS region"), "{stderr}");
 }
 
 #[test]

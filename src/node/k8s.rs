@@ -1,5 +1,5 @@
-//! What the node plugin asks Kubernetes: its own Node's zone labels (for topology and the
-//! helper's `azid`), and the removal of the `s3files.csi.dev/agent-not-ready` taint once the
+//! What the node plugin asks Kubernetes: its own Node's zone and region labels (for topology
+//! and the helper's `azid` and `region`), and the removal of the `s3files.csi.dev/agent-not-ready` taint once the
 //! plugin serves, so clusters can keep pods off a node until its driver is ready.
 //!
 //! RBAC: `get` and `patch` on the plugin's own Node.
@@ -16,13 +16,17 @@ use crate::controller::{TOPOLOGY_ZONE_ID_KEY, TOPOLOGY_ZONE_KEY};
 /// The taint the node plugin removes from its Node when it is ready.
 pub const NOT_READY_TAINT: &str = "s3files.csi.dev/agent-not-ready";
 
-/// Reads the zone name and zone id labels of Node `name`.
+/// The well-known label of a Node's region.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+/// Reads the zone name, zone id and region labels of Node `name`.
 pub async fn node_topology(client: kube::Client, name: &str) -> Result<NodeTopology, kube::Error> {
     let node = Api::<Node>::all(client).get(name).await?;
     let labels = node.metadata.labels.unwrap_or_default();
     Ok(NodeTopology {
         zone: labels.get(TOPOLOGY_ZONE_KEY).cloned(),
         zone_id: labels.get(TOPOLOGY_ZONE_ID_KEY).cloned(),
+        region: labels.get(REGION_LABEL).cloned(),
     })
 }
 
