@@ -104,6 +104,11 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "60", value_parser = parse_seconds, help_heading = "Provisioning")]
     pub ready_timeout: Duration,
 
+    /// Seconds between background checks that the S3 Files API answers (reported as a metric,
+    /// Events and a Probe detail; never a reason for liveness to fail).
+    #[arg(long, default_value = "60", value_parser = parse_seconds, help_heading = "Provisioning")]
+    pub cloud_check_interval: Duration,
+
     /// Where volume data is deleted for StorageClasses with onDelete: delete: `s3` (the buckets
     /// through the S3 API) or `local:DIR` (bucket directories under DIR, for the emulator).
     #[arg(long, env = "S3FILES_DATA_STORE", help_heading = "Provisioning")]

@@ -42,6 +42,8 @@ pub struct Health {
     pub version: String,
     pub ready: bool,
     pub reason: Option<String>,
+    /// What a ready plugin reports of its dependencies (the S3 Files API, for the controller).
+    pub detail: Option<String>,
 }
 
 /// Asks the plugin at `endpoint` for its identity and readiness.
@@ -52,17 +54,22 @@ pub async fn health(endpoint: &Endpoint) -> anyhow::Result<Health> {
         .await?
         .into_inner();
     let probe = client.probe(ProbeRequest {}).await?;
-    let reason = probe
-        .metadata()
-        .get(crate::identity::NOT_READY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |name: &str| {
+        probe
+            .metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let reason = header(crate::identity::NOT_READY_HEADER);
+    let detail = header(crate::identity::DETAIL_HEADER);
     Ok(Health {
         name: info.name,
         version: info.vendor_version,
         // An unset `ready` means ready, per the spec.
         ready: probe.into_inner().ready.unwrap_or(true),
         reason,
+        detail,
     })
 }
 

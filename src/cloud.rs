@@ -5,6 +5,7 @@
 //! against the emulator through the real SDK and the error mapping stays in one place.
 
 pub mod aws;
+pub mod health;
 
 use std::fmt;
 

@@ -8,6 +8,7 @@
 //! - Volumes are accessible from the zones where the file system has available mount targets.
 //! - A second call for a volume that is still being worked on answers `Aborted`.
 
+pub mod events;
 pub mod gid;
 pub mod params;
 

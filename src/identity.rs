@@ -4,6 +4,9 @@
 //! `Probe` runs the mode's readiness checks: all passing is `ready: true`; one failing is a
 //! successful answer with `ready: false` (the plugin is healthy but still waiting for a
 //! dependency), its reason logged and returned in the `x-s3files-not-ready` response header.
+//! Checks are local and cheap: livenessprobe restarts a plugin that is not ready, so nothing
+//! outside the process (the AWS API) may decide it. What such a dependency is doing is a
+//! [`StatusDetail`], reported in the `x-s3files-detail` header without changing `ready`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,8 @@ use crate::rpc;
 
 /// Response header that carries why `Probe` answered not-ready.
 pub const NOT_READY_HEADER: &str = "x-s3files-not-ready";
+/// Response header that carries the details of a ready answer (a dependency that is down).
+pub const DETAIL_HEADER: &str = "x-s3files-detail";
 
 /// How long one readiness check may take before it counts as not ready.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,12 +55,20 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     async fn check(&self) -> Result<(), String>;
 }
 
+/// State of a dependency worth reporting that must not fail the probe; read from memory,
+/// never by calling the dependency.
+pub trait StatusDetail: Send + Sync + 'static {
+    /// `Some` when there is something to tell.
+    fn detail(&self) -> Option<String>;
+}
+
 /// The Identity service.
 #[derive(Clone)]
 pub struct IdentityService {
     driver_name: String,
     mode: Mode,
     checks: Vec<Arc<dyn ReadinessCheck>>,
+    details: Vec<Arc<dyn StatusDetail>>,
 }
 
 impl IdentityService {
@@ -65,7 +78,14 @@ impl IdentityService {
             driver_name,
             mode,
             checks,
+            details: Vec::new(),
         }
+    }
+
+    /// Adds a detail reported by `Probe`.
+    pub fn with_detail(mut self, detail: Arc<dyn StatusDetail>) -> Self {
+        self.details.push(detail);
+        self
     }
 
     fn capabilities(&self) -> Vec<PluginCapability> {
@@ -156,9 +176,17 @@ impl csi::identity_server::Identity for IdentityService {
         })
         .await?;
         let reason = unready.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(reason) = reason {
+        let details: Vec<String> = self.details.iter().filter_map(|d| d.detail()).collect();
+        for (header, text) in [
+            (NOT_READY_HEADER, reason),
+            (
+                DETAIL_HEADER,
+                (!details.is_empty()).then(|| details.join("; ")),
+            ),
+        ] {
+            let Some(text) = text else { continue };
             // Header values must be visible ASCII; anything else becomes '?'.
-            let ascii: String = reason
+            let ascii: String = text
                 .chars()
                 .map(|c| {
                     if c.is_ascii_graphic() || c == ' ' {
@@ -169,7 +197,7 @@ impl csi::identity_server::Identity for IdentityService {
                 })
                 .collect();
             if let Ok(value) = MetadataValue::try_from(ascii) {
-                response.metadata_mut().insert(NOT_READY_HEADER, value);
+                response.metadata_mut().insert(header, value);
             }
         }
         Ok(response)

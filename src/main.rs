@@ -9,8 +9,10 @@ use s3files_csi::node::k8s;
 use std::sync::Arc;
 use tracing::info;
 
-use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions, CloudReadiness};
+use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions};
+use s3files_csi::cloud::health::{CloudMonitor, ReachabilityEvents};
 use s3files_csi::cloud::{Observed, S3Files};
+use s3files_csi::controller::events::PodEvents;
 use s3files_csi::controller::{ControllerConfig, ControllerService, DataStore};
 use s3files_csi::data::{DataLocation, ObjectData};
 use s3files_csi::emulator::faults::FaultConfig;
@@ -92,12 +94,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ready_timeout: args.ready_timeout,
                 ..ControllerConfig::default()
             };
-            let readiness: Arc<dyn ReadinessCheck> = Arc::new(CloudReadiness::new(cloud.clone()));
-            let identity = IdentityService::new(
-                args.serve.driver_name.clone(),
-                Mode::Controller,
-                vec![readiness],
+            // Reachability of the API is watched in the background and reported; it never
+            // decides liveness (Probe stays local).
+            let events: Option<Arc<dyn ReachabilityEvents>> = match kube_client("auto").await {
+                Ok(Some(client)) => PodEvents::from_env(client).map(|e| Arc::new(e) as _),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "no Kubernetes Events about the S3 Files API");
+                    None
+                }
+            };
+            let monitor = CloudMonitor::start(
+                cloud.clone(),
+                args.cloud_check_interval,
+                metrics.clone(),
+                events,
             );
+            let identity =
+                IdentityService::new(args.serve.driver_name.clone(), Mode::Controller, vec![])
+                    .with_detail(monitor);
             let services = Services {
                 identity,
                 controller: Some(ControllerService::new(cloud, data, config)),
@@ -441,6 +456,9 @@ async fn health(args: HealthArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("no CSI plugin answered at {}", args.endpoint))?;
     println!("{} {} ready={}", health.name, health.version, health.ready);
+    if let Some(detail) = &health.detail {
+        println!("{detail}");
+    }
     if !health.ready {
         let reason = health.reason.unwrap_or_else(|| "no reason given".into());
         bail!("plugin at {} is not ready: {reason}", args.endpoint);

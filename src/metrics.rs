@@ -10,6 +10,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -47,6 +48,7 @@ pub struct Metrics {
     rpc_seconds: Family<MethodLabel, Histogram>,
     api_calls: Family<ApiLabels, Counter>,
     api_seconds: Family<OperationLabel, Histogram>,
+    cloud_reachable: Gauge,
 }
 
 impl Default for Metrics {
@@ -80,12 +82,19 @@ impl Default for Metrics {
             "Time of an S3 Files API call, retries included",
             api_seconds.clone(),
         );
+        let cloud_reachable = Gauge::default();
+        registry.register(
+            "cloud_api_reachable",
+            "1 when the last background ping of the S3 Files API succeeded, else 0 (the controller)",
+            cloud_reachable.clone(),
+        );
         Metrics {
             registry,
             rpcs,
             rpc_seconds,
             api_calls,
             api_seconds,
+            cloud_reachable,
         }
     }
 }
@@ -107,6 +116,11 @@ impl Metrics {
                 method: method.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// What the cloud monitor's last ping found.
+    pub fn set_cloud_reachable(&self, reachable: bool) {
+        self.cloud_reachable.set(i64::from(reachable));
     }
 
     pub fn observe_api(&self, operation: &str, outcome: &str, elapsed: Duration) {

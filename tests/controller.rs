@@ -579,3 +579,67 @@ async fn mount_options_the_helper_would_refuse_fail_at_create_and_validate() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("OCSP"), "{err:?}");
 }
+
+#[tokio::test]
+async fn an_unreachable_api_never_fails_the_probe_and_is_reported() {
+    use s3files_csi::csi::{ProbeRequest, identity_client::IdentityClient};
+    // Nothing listens on this port: every API call fails.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let plugin = Plugin::start_with_env(
+        &[
+            "controller",
+            "--api-max-attempts",
+            "1",
+            "--metrics-address",
+            &address,
+        ],
+        &emulator_env(&format!("http://{dead}")),
+    )
+    .await;
+    let mut identity = IdentityClient::new(plugin.channel().await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = std::time::Instant::now();
+        let probe = identity.probe(ProbeRequest {}).await.expect("probe");
+        // Well inside livenessprobe's one-second default: no API call is made.
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let detail = probe
+            .metadata()
+            .get(s3files_csi::identity::DETAIL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(
+            probe.into_inner().ready,
+            Some(true),
+            "liveness is the process"
+        );
+        if let Some(d) = detail.filter(|d| !d.contains("not checked yet")) {
+            assert!(d.contains("s3files-api"), "{d}");
+            assert!(d.contains("check the region"), "{d}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no detail reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, text) =
+        common::emulator::http_request(address.parse().expect("addr"), "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(text.contains("s3files_csi_cloud_api_reachable 0"), "{text}");
+    assert!(
+        plugin.log().contains("the S3 Files API is unreachable"),
+        "{}",
+        plugin.log()
+    );
+    let (status, stdout, _) = common::run(&["health", "--endpoint", &plugin.endpoint.to_string()]);
+    assert!(status.success(), "health of a live controller succeeds");
+    assert!(stdout.contains("s3files-api"), "{stdout}");
+}
