@@ -198,6 +198,29 @@ pub struct NodeArgs {
     )]
     pub efs_watchdog: String,
 
+    /// The directory amazon-efs-utils reads its configuration and keeps its TLS key in.
+    #[arg(long, default_value = "/etc/amazon/efs", help_heading = "efs-utils")]
+    pub efs_utils_config_dir: std::path::PathBuf,
+
+    /// amazon-efs-utils' packaged configuration, laid into the config directory at start (the
+    /// production image keeps it here; when absent nothing is copied).
+    #[arg(
+        long,
+        default_value = "/usr/share/s3files-csi/efs-utils-static",
+        help_heading = "efs-utils"
+    )]
+    pub efs_utils_static_dir: std::path::PathBuf,
+
+    /// INI fragments (s3files-utils.conf, efs-utils.conf) whose keys are set over the packaged
+    /// configuration at start (the chart's ConfigMap).
+    #[arg(long, env = "S3FILES_EFS_UTILS_OVERRIDES", help_heading = "efs-utils")]
+    pub efs_utils_overrides: Option<std::path::PathBuf>,
+
+    /// MiB of the node container's memory that efs-proxy processes may take (0: no budget).
+    /// Mounts beyond it lose the read-ahead cache, then direct S3 reads, then are refused.
+    #[arg(long, default_value_t = 0, help_heading = "efs-utils")]
+    pub proxy_memory_budget: u64,
+
     /// Reap orphaned processes (efs-proxy after its mount helper exits): make the plugin a child
     /// subreaper and collect the exit status of every child nobody waits for.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, help_heading = "efs-utils")]

@@ -23,6 +23,7 @@ use s3files_csi::identity::{IdentityService, Mode, validate_driver_name};
 use s3files_csi::metrics::Metrics;
 use s3files_csi::mount::linux::{LinuxMounter, MountHelper};
 use s3files_csi::mount::{Mounter, options};
+use s3files_csi::node::efs_utils::{self, EfsUtilsPaths, MemoryBudget, ProxyMemory};
 use s3files_csi::node::watchdog::{Watchdog, WatchdogConfig};
 use s3files_csi::node::{HelperReadiness, NodeConfig, NodeService, NodeTopology, validate_node_id};
 use s3files_csi::process::{Children, become_subreaper, reap_forever};
@@ -156,6 +157,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 stat_timeout: std::time::Duration::from_secs(5),
                 children: children.clone(),
             });
+            let efs_paths = EfsUtilsPaths {
+                config_dir: args.efs_utils_config_dir.clone(),
+                static_dir: args.efs_utils_static_dir.clone(),
+                overrides_dir: args.efs_utils_overrides.clone(),
+            };
+            efs_utils::prepare(&efs_paths).context("preparing amazon-efs-utils' configuration")?;
+            let memory_budget = if args.proxy_memory_budget > 0 {
+                let per_mount = ProxyMemory::from_config(&efs_paths.config_dir)
+                    .context("reading amazon-efs-utils' proxy settings")?;
+                info!(
+                    budget_mib = args.proxy_memory_budget,
+                    per_mount_mib = per_mount.of_mount(&[]),
+                    "efs-proxy memory budget"
+                );
+                Some(MemoryBudget {
+                    per_mount,
+                    budget_mib: args.proxy_memory_budget,
+                })
+            } else {
+                None
+            };
             let kube = kube_client(&args.kubernetes).await?;
             let topology = resolve_topology(&args, kube.clone()).await;
             info!(zone = ?topology.zone, zone_id = ?topology.zone_id, region = ?topology.region, "node topology");
@@ -164,6 +186,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 region: topology.region.clone(),
                 topology,
                 state_dir: args.state_dir.clone(),
+                memory_budget,
             };
             validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
             let readiness: Arc<dyn ReadinessCheck> = Arc::new(HelperReadiness(mounter.clone()));

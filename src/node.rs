@@ -12,6 +12,7 @@
 //! Which volume was published where is recorded in `state_dir`, so idempotency survives a
 //! restart of the plugin (the mount table of an NFS mount only shows `127.0.0.1:/`).
 
+pub mod efs_utils;
 pub mod k8s;
 pub mod watchdog;
 
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::mount::{MountError, MountSpec, Mounter, mountinfo, options};
 use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
+use efs_utils::MemoryBudget;
 
 /// The longest node id the CSI spec allows in `NodeGetInfoResponse`.
 pub const MAX_NODE_ID_BYTES: usize = 256;
@@ -62,6 +64,9 @@ pub struct NodeConfig {
     pub region: Option<String>,
     /// Where published volumes are recorded.
     pub state_dir: PathBuf,
+    /// The efs-proxy memory budget of the node container (`None`: no budget, as with the local
+    /// helper, which runs no efs-proxy).
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 /// The Node service.
@@ -70,6 +75,9 @@ pub struct NodeService {
     config: Arc<NodeConfig>,
     mounter: Arc<dyn Mounter>,
     busy: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Held while a publication is fitted into the memory budget and recorded, so two
+    /// publishes cannot both take the last room.
+    budget: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct TargetLock {
@@ -98,6 +106,11 @@ struct Record {
     /// a plugin restarted with other settings still recognises its mounts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mount_flags: Option<Vec<String>>,
+    /// The target, and what its efs-proxy may take of the memory budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    proxy_mib: Option<u64>,
 }
 
 impl Record {
@@ -194,6 +207,7 @@ impl NodeService {
             config: Arc::new(config),
             mounter,
             busy: Arc::new(Mutex::new(HashSet::new())),
+            budget: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -229,6 +243,34 @@ impl NodeService {
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// What the efs-proxy processes of this node's other mounts may take: the recorded costs
+    /// of publications whose target is mounted now.
+    async fn committed_mib(&self, except: &Path) -> Result<u64> {
+        let table = self.mounter.mounts().await.map_err(mount_error)?;
+        let Ok(entries) = std::fs::read_dir(&self.config.state_dir) else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        for entry in entries.filter_map(std::result::Result::ok) {
+            if entry.path().extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Some(record) = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            else {
+                continue;
+            };
+            if let (Some(target), Some(mib)) = (&record.target, record.proxy_mib)
+                && target != except
+                && mountinfo::mount_at(&table, target).is_some()
+            {
+                total += mib;
+            }
+        }
+        Ok(total)
     }
 
     fn remove_record(&self, target: &Path) {
@@ -380,6 +422,8 @@ impl NodeService {
             volume_id: req.volume_id.clone(),
             readonly,
             mount_flags: Some(request_flags(cap)),
+            target: Some(target.clone()),
+            proxy_mib: None,
         };
         let table = self.mounter.mounts().await.map_err(mount_error)?;
         if let Some(existing) = mountinfo::mount_at(&table, &target) {
@@ -413,9 +457,30 @@ impl NodeService {
         tokio::fs::create_dir_all(&target)
             .await
             .map_err(|e| Error::io(format!("creating target {}", target.display()), e))?;
+        let mut wanted = wanted;
+        let mut options = options;
+        let budget_lock = self.budget.lock().await;
+        if let Some(budget) = &self.config.memory_budget {
+            let used = self.committed_mib(&target).await?;
+            let fitted = budget
+                .fit(&options, used)
+                .map_err(Error::ResourceExhausted)?;
+            if !fitted.added.is_empty() {
+                warn!(
+                    target = %target.display(),
+                    added = %fitted.added.join(","),
+                    used_mib = used,
+                    budget_mib = budget.budget_mib,
+                    "the efs-proxy memory budget is nearly spent; mounting with less proxy memory"
+                );
+            }
+            options = fitted.options;
+            wanted.proxy_mib = Some(fitted.cost_mib);
+        }
         // Recorded first: if the helper outlives its deadline and mounts anyway, the retry finds
         // this record next to the mount and adopts it.
         self.write_record(&target, &wanted)?;
+        drop(budget_lock);
         let spec = MountSpec {
             source,
             target: target.clone(),
@@ -642,6 +707,7 @@ mod tests {
             },
             region: Some("us-east-1".into()),
             state_dir: std::env::temp_dir(),
+            memory_budget: None,
         };
         NodeService::new(config, Arc::new(crate::mount::fake::FakeMounter::default()))
     }

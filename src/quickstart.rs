@@ -236,6 +236,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             },
             region: Some("us-east-1".into()),
             state_dir: dir.path().join("node-state"),
+            memory_budget: None,
         },
         mounter,
     );

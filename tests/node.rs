@@ -720,6 +720,7 @@ async fn a_broken_mount_is_abnormal_and_republishing_replaces_it() {
             topology: NodeTopology::default(),
             region: None,
             state_dir: dir.path().join("state"),
+            memory_budget: None,
         },
         fake.clone(),
     );
@@ -1049,4 +1050,110 @@ async fn a_mount_that_completes_after_the_timeout_is_adopted_by_the_retry() {
         .await
         .expect("unpublish");
     assert!(mounted(&target).is_none());
+}
+
+#[tokio::test]
+async fn mounts_beyond_the_proxy_memory_budget_lose_cache_then_direct_reads_then_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let overrides = dir.path().join("overrides");
+    std::fs::create_dir_all(&overrides).expect("mkdir");
+    // 16 MiB per proxy + a 64 MiB cache + 32 MiB of direct reads: 112 MiB a mount.
+    std::fs::write(
+        overrides.join("s3files-utils.conf"),
+        "[proxy]\nreadahead_cache_max_memory_size_mb = 64\nread_bypass_max_in_flight_s3_bytes = 33554432\n",
+    )
+    .expect("fragment");
+    let config_dir = dir.path().join("etc-amazon-efs");
+    let mut node = Node::start(&[
+        "--efs-utils-config-dir",
+        &config_dir.display().to_string(),
+        "--efs-utils-static-dir",
+        &dir.path().join("no-package").display().to_string(),
+        "--efs-utils-overrides",
+        &overrides.display().to_string(),
+        "--proxy-memory-budget",
+        "250",
+    ])
+    .await;
+    assert!(
+        std::fs::read_to_string(config_dir.join("s3files-utils.conf"))
+            .expect("config written")
+            .contains("readahead_cache_max_memory_size_mb=64")
+    );
+    let volume = format!("s3files:{FS}::{AP}");
+    let mut targets = Vec::new();
+    for name in ["pod-m1", "pod-m2", "pod-m3"] {
+        let target = node.target(name);
+        node.client
+            .node_publish_volume(publish(
+                &target,
+                &volume,
+                AccessMode::MultiNodeMultiWriter,
+                false,
+                &[],
+            ))
+            .await
+            .expect("fits");
+        targets.push(target);
+    }
+    let calls = node.helper_calls();
+    assert!(
+        !calls[0].contains("nos3readcache") && !calls[1].contains("nos3readcache"),
+        "{calls:?}"
+    );
+    assert!(
+        calls[2].contains("nos3readcache") && calls[2].contains("nodirects3read"),
+        "the third mount (26 MiB left) runs with the least proxy memory: {calls:?}"
+    );
+    assert!(
+        node.plugin.log().contains("memory budget is nearly spent"),
+        "{}",
+        node.plugin.log()
+    );
+    let full = node
+        .client
+        .node_publish_volume(publish(
+            &node.target("pod-m4"),
+            &volume,
+            AccessMode::MultiNodeMultiWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect_err("no room");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("memoryBudgetMiB"), "{full:?}");
+    // A retry of a published target is still idempotent, and an unpublish frees its share.
+    node.client
+        .node_publish_volume(publish(
+            &targets[0],
+            &volume,
+            AccessMode::MultiNodeMultiWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("same publish again");
+    node.client
+        .node_unpublish_volume(unpublish(&targets[0]))
+        .await
+        .expect("unpublish");
+    node.client
+        .node_publish_volume(publish(
+            &node.target("pod-m4"),
+            &volume,
+            AccessMode::MultiNodeMultiWriter,
+            false,
+            &[],
+        ))
+        .await
+        .expect("room again");
+    let last = node.helper_calls().pop().expect("call");
+    assert!(!last.contains("nos3readcache"), "{last}");
+    for t in targets.iter().skip(1).chain([&node.target("pod-m4")]) {
+        node.client
+            .node_unpublish_volume(unpublish(t))
+            .await
+            .expect("unpublish");
+    }
 }
