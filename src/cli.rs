@@ -216,6 +216,14 @@ pub struct NodeArgs {
     #[arg(long, env = "S3FILES_EFS_UTILS_OVERRIDES", help_heading = "efs-utils")]
     pub efs_utils_overrides: Option<std::path::PathBuf>,
 
+    /// amazon-efs-utils' log directory, made private (0700) at start when it exists.
+    #[arg(
+        long,
+        default_value = "/var/log/amazon/efs",
+        help_heading = "efs-utils"
+    )]
+    pub efs_utils_log_dir: std::path::PathBuf,
+
     /// MiB of the node container's memory that efs-proxy processes may take (0: no budget).
     /// Mounts beyond it lose the read-ahead cache, then direct S3 reads, then are refused.
     #[arg(long, default_value_t = 0, help_heading = "efs-utils")]

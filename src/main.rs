@@ -161,6 +161,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 config_dir: args.efs_utils_config_dir.clone(),
                 static_dir: args.efs_utils_static_dir.clone(),
                 overrides_dir: args.efs_utils_overrides.clone(),
+                log_dir: Some(args.efs_utils_log_dir.clone()),
             };
             efs_utils::prepare(&efs_paths).context("preparing amazon-efs-utils' configuration")?;
             let memory_budget = if args.proxy_memory_budget > 0 {

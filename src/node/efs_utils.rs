@@ -37,6 +37,9 @@ pub struct EfsUtilsPaths {
     pub static_dir: PathBuf,
     /// INI fragments named like the files they apply to.
     pub overrides_dir: Option<PathBuf>,
+    /// efs-utils' logs; they name keys and file systems, so the directory is made 0700 when it
+    /// exists (a host path is created 0755).
+    pub log_dir: Option<PathBuf>,
 }
 
 /// Errors preparing the configuration; they stop the plugin at start.
@@ -77,6 +80,11 @@ fn load(path: &Path) -> Result<Ini, ConfigError> {
 /// applies the overrides. Returns what was overridden, for the log. A missing static directory
 /// (an image without efs-utils) leaves the config directory as it is.
 pub fn prepare(paths: &EfsUtilsPaths) -> Result<Vec<String>, ConfigError> {
+    if let Some(logs) = paths.log_dir.as_ref().filter(|d| d.is_dir()) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(logs, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("making {} private", logs.display())))?;
+    }
     let dir = &paths.config_dir;
     if paths.static_dir.is_dir() || paths.overrides_dir.is_some() {
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -293,6 +301,7 @@ log_group_name = /aws/efs/utils
             config_dir: dir.path().join("etc"),
             static_dir: dir.path().join("static"),
             overrides_dir: Some(dir.path().join("overrides")),
+            log_dir: Some(dir.path().join("logs")),
         };
         for d in [
             &paths.static_dir,
@@ -310,6 +319,7 @@ log_group_name = /aws/efs/utils
     fn package_files_are_laid_down_and_overrides_change_only_their_keys() {
         let (_dir, paths) = layout();
         std::fs::create_dir_all(&paths.config_dir).expect("mkdir");
+        std::fs::create_dir_all(paths.log_dir.as_ref().expect("set")).expect("mkdir");
         std::fs::write(paths.config_dir.join(PRIVATE_KEY), "node key").expect("key");
         let overrides = paths.overrides_dir.clone().expect("set");
         std::fs::write(
@@ -346,6 +356,12 @@ log_group_name = /aws/efs/utils
         let read = |n: &str| std::fs::read_to_string(paths.config_dir.join(n)).expect(n);
         assert_eq!(read(PRIVATE_KEY), "node key");
         assert_eq!(read("efs-utils.crt"), "CA");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(paths.log_dir.as_ref().expect("set"))
+            .expect("logs")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
         // A second start gives the same files (the package's copy is laid down again first).
         let before = read(S3FILES_CONF);
         prepare(&paths).expect("again");

@@ -64,3 +64,29 @@ http://{{ .Release.Name }}-emulator.{{ .Release.Namespace }}.svc:9559
   value: "true"
 {{- end }}
 {{- end -}}
+
+{{/* An INI document from a map of sections to maps of keys to values, sorted. */}}
+{{- define "s3files.ini" -}}
+{{- range $section, $keys := . }}
+[{{ $section }}]
+{{- range $key, $value := $keys }}
+{{- /* YAML numbers arrive as floats: 33554432 must not become 3.3554432e+07. */}}
+{{- if and (kindIs "float64" $value) (eq ($value | int64 | float64) $value) }}
+{{ $key }} = {{ $value | int64 }}
+{{- else }}
+{{ $key }} = {{ $value }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A memory quantity (e.g. 2Gi, 1536Mi, 2G, or bytes) in MiB; empty when it has another form. */}}
+{{- define "s3files.mebibytes" -}}
+{{- $q := toString . -}}
+{{- if hasSuffix "Gi" $q -}}{{ mul (trimSuffix "Gi" $q | int) 1024 }}
+{{- else if hasSuffix "Mi" $q -}}{{ trimSuffix "Mi" $q | int }}
+{{- else if hasSuffix "G" $q -}}{{ div (mul (trimSuffix "G" $q | int) 1000000000) 1048576 }}
+{{- else if hasSuffix "M" $q -}}{{ div (mul (trimSuffix "M" $q | int) 1000000) 1048576 }}
+{{- else if regexMatch "^[0-9]+$" $q -}}{{ div ($q | int64) 1048576 }}
+{{- end -}}
+{{- end -}}
