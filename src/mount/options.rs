@@ -461,4 +461,43 @@ mod tests {
             );
         }
     }
+
+    /// The backticked names in the first column of the table rows between two markers.
+    fn documented(doc: &str, from: &str, to: &str) -> std::collections::BTreeSet<String> {
+        let start = doc.find(from).expect("section") + from.len();
+        let end = start + doc[start..].find(to).expect("end of section");
+        doc[start..end]
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| {
+                cell.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_configuration_docs_list_exactly_these_options() {
+        let doc = include_str!("../../docs/CONFIGURATION.md");
+        let passable = documented(doc, "### Mount options", "Refused, with the reason");
+        let code: std::collections::BTreeSet<String> = [NODE_OPTIONS, HELPER_OPTIONS, NFS_OPTIONS]
+            .iter()
+            .flat_map(|l| l.iter().map(|k| k.name.to_owned()))
+            .collect();
+        assert_eq!(
+            passable, code,
+            "docs/CONFIGURATION.md's mount options table"
+        );
+        let refused = documented(doc, "Refused, with the reason", "Also refused");
+        for (name, _) in REFUSED {
+            assert!(
+                refused.contains(*name),
+                "{name} is refused but not documented"
+            );
+        }
+    }
 }
