@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,11 +55,7 @@ impl Cli {
 }
 
 fn start() -> (Child, Cli, tempfile::TempDir) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let child = Command::new(BIN)
         .args([

@@ -503,12 +503,7 @@ async fn on_delete_delete_without_a_data_store_keeps_the_volume_and_says_why() {
 #[tokio::test]
 async fn metrics_count_csi_calls_and_api_calls() {
     let stack = ControllerStack::start(test_config(), &[]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let address = format!("127.0.0.1:{}", common::free_port());
     let plugin = Plugin::start_with_env(
         &[
             "controller",
@@ -584,16 +579,8 @@ async fn mount_options_the_helper_would_refuse_fail_at_create_and_validate() {
 async fn an_unreachable_api_never_fails_the_probe_and_is_reported() {
     use s3files_csi::csi::{ProbeRequest, identity_client::IdentityClient};
     // Nothing listens on this port: every API call fails.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let address = format!("127.0.0.1:{port}");
+    let dead = format!("127.0.0.1:{}", common::free_port());
+    let address = format!("127.0.0.1:{}", common::free_port());
     let plugin = Plugin::start_with_env(
         &[
             "controller",

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,13 +11,7 @@ use aws_sdk_s3files::types::{ExpirationDataRule, ImportDataRule, ImportTrigger, 
 use common::emulator::{ROLE, RunningEmulator, sdk_client, test_config};
 use common::{BIN, send_signal, wait_with_deadline};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use common::free_port;
 
 fn spawn_emulator(port: u16, state: &std::path::Path, buckets: &std::path::Path) -> Child {
     Command::new(BIN)

@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -67,12 +66,7 @@ fn storage_classes() -> HashMap<String, HashMap<String, String>> {
     classes
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+use common::free_port;
 
 /// The emulator as the chart's local profile runs it.
 struct EmulatorProcess {

@@ -200,6 +200,14 @@ pub fn emulator_env(url: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A loopback port nothing listens on at the moment of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// Runs the binary to completion and returns (exit status, stdout, stderr).
 pub fn run(args: &[&str]) -> (ExitStatus, String, String) {
     let out = Command::new(BIN)
