@@ -4,6 +4,10 @@
 //! crashed process is replaced; a socket that still answers belongs to a live process and is
 //! left alone, and a path that is not a socket is never deleted. On shutdown the server stops
 //! accepting, lets in-flight calls finish (bounded by a grace period) and removes its socket.
+//! Every connection goes through [`authority::AuthorityFix`], so clients that send the socket
+//! path as `:authority` (grpcio) are served like Go's.
+
+pub mod authority;
 
 use std::fmt;
 use std::future::Future;
@@ -15,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 use tracing::{info, warn};
@@ -25,6 +30,7 @@ use crate::csi::{
 };
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use authority::AuthorityFix;
 
 /// Permissions of the unix socket: owner and group may connect, nobody else.
 pub const SOCKET_MODE: u32 = 0o660;
@@ -168,15 +174,17 @@ impl Listener {
         info!(endpoint = %local, "serving CSI");
         let (serving, socket) = match self {
             Listener::Unix { listener, path } => (
-                tokio::spawn(
-                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop),
-                ),
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
+                    stop,
+                )),
                 Some(path),
             ),
             Listener::Tcp { listener } => (
-                tokio::spawn(
-                    router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
-                ),
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
+                    stop,
+                )),
                 None,
             ),
         };
