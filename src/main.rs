@@ -124,6 +124,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Node(args) => {
             validate_node_id(&args.node_id).map_err(anyhow::Error::msg)?;
+            validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
             for (flag, value, check) in [
                 (
                     "--region",
@@ -181,6 +182,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let kube = kube_client(&args.kubernetes).await?;
             let topology = resolve_topology(&args, kube.clone()).await;
+            // Volumes are placed by zone id (the controller's topology), and mount.s3files needs
+            // it as azid=: a node without one could serve no pod, so it does not start.
+            if topology.zone_id.is_none() {
+                bail!(
+                    "this node's availability zone id is unknown: label the Node {} (EKS does), pass --zone-id (NODE_ZONE_ID), or turn on --imds-fallback (chart value node.imdsFallback)",
+                    s3files_csi::controller::TOPOLOGY_ZONE_ID_KEY
+                );
+            }
             info!(zone = ?topology.zone, zone_id = ?topology.zone_id, region = ?topology.region, "node topology");
             let config = NodeConfig {
                 node_id: args.node_id.clone(),
@@ -189,7 +198,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 state_dir: args.state_dir.clone(),
                 memory_budget,
             };
-            validate_driver_name(&args.serve.driver_name).map_err(anyhow::Error::msg)?;
             let readiness: Arc<dyn ReadinessCheck> = Arc::new(HelperReadiness(mounter.clone()));
             let identity =
                 IdentityService::new(args.serve.driver_name.clone(), Mode::Node, vec![readiness]);
@@ -317,12 +325,6 @@ async fn resolve_topology(args: &NodeArgs, kube: Option<kube::Client>) -> NodeTo
         tracing::warn!(
             node = %args.node_id,
             "the node's region is unknown, so mounts pass no region= and mount.s3files must ask instance metadata; set the chart's region value (--region / AWS_REGION) or label the Node topology.kubernetes.io/region"
-        );
-    }
-    if topology.zone_id.is_none() {
-        tracing::warn!(
-            node = %args.node_id,
-            "the node's availability zone id is unknown, so mounts pass no azid= and mount.s3files must ask instance metadata; label the Node topology.k8s.aws/zone-id (EKS does), pass --zone-id, or turn on --imds-fallback"
         );
     }
     topology

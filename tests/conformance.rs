@@ -21,6 +21,8 @@ const NODE: &[&str] = &[
     "node",
     "--node-id",
     "conformance-node-1",
+    "--zone-id",
+    "use1-az1",
     "--mount-helper",
     "/bin/true",
 ];
@@ -78,6 +80,8 @@ async fn get_plugin_info_reports_the_configured_driver_name() {
         "node",
         "--node-id",
         "n1",
+        "--zone-id",
+        "use1-az1",
         "--driver-name",
         "test.s3files.example",
     ])
@@ -545,6 +549,13 @@ async fn node_get_info_returns_the_node_id_within_the_size_limit() {
     assert_eq!(info.node_id, "conformance-node-1");
     assert!(info.node_id.len() <= 256);
     assert!(info.max_volumes_per_node >= 0);
+    // The plugin advertises VOLUME_ACCESSIBILITY_CONSTRAINTS: its segment is the key the
+    // controller's topology uses, always (a node without a zone id does not start).
+    let segments = info.accessible_topology.expect("topology").segments;
+    assert_eq!(
+        segments.get("topology.k8s.aws/zone-id").map(String::as_str),
+        Some("use1-az1")
+    );
 }
 
 #[tokio::test]

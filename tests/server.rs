@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Plugin, run};
+
+/// A node plugin as the chart starts it, minus Kubernetes: its zone id given by flag.
+const NODE: &[&str] = &["node", "--node-id", "n1", "--zone-id", "use1-az1"];
 use s3files_csi::controller::ControllerService;
 use s3files_csi::csi::{
     self, controller_client::ControllerClient, identity_client::IdentityClient,
@@ -18,7 +21,7 @@ use tokio::sync::{Notify, oneshot};
 
 #[tokio::test]
 async fn the_socket_is_created_with_mode_0660() {
-    let plugin = Plugin::start(&["node", "--node-id", "n1"]).await;
+    let plugin = Plugin::start(NODE).await;
     let meta = std::fs::symlink_metadata(&plugin.socket).expect("socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(
@@ -30,7 +33,7 @@ async fn the_socket_is_created_with_mode_0660() {
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_removes_the_socket() {
-    let plugin = Plugin::start(&["node", "--node-id", "n1"]).await;
+    let plugin = Plugin::start(NODE).await;
     let socket = plugin.socket.clone();
     let (status, log) = plugin.terminate().await;
     assert!(status.success(), "exit {status:?}; log:\n{log}");
@@ -40,7 +43,7 @@ async fn sigterm_exits_zero_and_removes_the_socket() {
 
 #[tokio::test]
 async fn a_second_start_over_a_stale_socket_works() {
-    let plugin = Plugin::start(&["node", "--node-id", "n1"]).await;
+    let plugin = Plugin::start(NODE).await;
     let socket = plugin.socket.clone();
     let dir = plugin.kill().await;
     assert!(
@@ -48,7 +51,7 @@ async fn a_second_start_over_a_stale_socket_works() {
         "SIGKILL should leave the socket file behind"
     );
 
-    let again = Plugin::spawn_at(&["node", "--node-id", "n1"], &socket, dir);
+    let again = Plugin::spawn_at(NODE, &socket, dir);
     again.wait_serving().await;
     assert!(
         again.log().contains("removing stale socket"),
@@ -59,9 +62,17 @@ async fn a_second_start_over_a_stale_socket_works() {
 
 #[tokio::test]
 async fn a_live_socket_is_not_stolen_by_a_second_process() {
-    let first = Plugin::start(&["node", "--node-id", "n1"]).await;
+    let first = Plugin::start(NODE).await;
     let endpoint = first.endpoint.to_string();
-    let (status, _, stderr) = run(&["node", "--node-id", "n2", "--endpoint", &endpoint]);
+    let (status, _, stderr) = run(&[
+        "node",
+        "--node-id",
+        "n2",
+        "--zone-id",
+        "use1-az1",
+        "--endpoint",
+        &endpoint,
+    ]);
     assert!(!status.success());
     assert!(stderr.contains("already serving"), "{stderr}");
     // The first plugin still answers.
@@ -148,7 +159,16 @@ fn health_exits_nonzero_when_nothing_listens() {
 
 #[tokio::test]
 async fn health_reports_name_version_and_readiness() {
-    let plugin = Plugin::start(&["node", "--node-id", "n1", "--mount-helper", "/bin/true"]).await;
+    let plugin = Plugin::start(&[
+        "node",
+        "--node-id",
+        "n1",
+        "--zone-id",
+        "use1-az1",
+        "--mount-helper",
+        "/bin/true",
+    ])
+    .await;
     let endpoint = plugin.endpoint.to_string();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
         run(&["health", "--endpoint", &endpoint, "--wait", "10"])
