@@ -75,9 +75,9 @@ pub struct NodeService {
     config: Arc<NodeConfig>,
     mounter: Arc<dyn Mounter>,
     busy: Arc<Mutex<HashSet<PathBuf>>>,
-    /// Held while a publication is fitted into the memory budget and recorded, so two
-    /// publishes cannot both take the last room.
-    budget: Arc<tokio::sync::Mutex<()>>,
+    /// Held while a publication is checked against the others (ReadWriteOncePod, the memory
+    /// budget) and recorded, so two publishes cannot both pass.
+    admission: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct TargetLock {
@@ -109,6 +109,9 @@ struct Record {
     /// The target, and what its efs-proxy may take of the memory budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target: Option<PathBuf>,
+    /// Published with SINGLE_NODE_SINGLE_WRITER (ReadWriteOncePod): no other target may have it.
+    #[serde(default)]
+    single_writer: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     proxy_mib: Option<u64>,
 }
@@ -118,6 +121,7 @@ impl Record {
     fn serves(&self, wanted: &Record) -> bool {
         self.volume_id == wanted.volume_id
             && self.readonly == wanted.readonly
+            && self.single_writer == wanted.single_writer
             && match (&self.mount_flags, &wanted.mount_flags) {
                 (Some(a), Some(b)) => a == b,
                 _ => true,
@@ -207,7 +211,7 @@ impl NodeService {
             config: Arc::new(config),
             mounter,
             busy: Arc::new(Mutex::new(HashSet::new())),
-            budget: Arc::new(tokio::sync::Mutex::new(())),
+            admission: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -245,32 +249,25 @@ impl NodeService {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
-    /// What the efs-proxy processes of this node's other mounts may take: the recorded costs
-    /// of publications whose target is mounted now.
-    async fn committed_mib(&self, except: &Path) -> Result<u64> {
+    /// The publications whose target is mounted now, from the records and the mount table
+    /// (so the answer survives a plugin restart, and a record whose mount went away, after a
+    /// reboot, counts for nothing).
+    async fn live_publications(&self) -> Result<Vec<Record>> {
         let table = self.mounter.mounts().await.map_err(mount_error)?;
         let Ok(entries) = std::fs::read_dir(&self.config.state_dir) else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
-        let mut total = 0;
-        for entry in entries.filter_map(std::result::Result::ok) {
-            if entry.path().extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let Some(record) = std::fs::read(entry.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-            else {
-                continue;
-            };
-            if let (Some(target), Some(mib)) = (&record.target, record.proxy_mib)
-                && target != except
-                && mountinfo::mount_at(&table, target).is_some()
-            {
-                total += mib;
-            }
-        }
-        Ok(total)
+        Ok(entries
+            .filter_map(std::result::Result::ok)
+            .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<Record>(&b).ok())
+            .filter(|r| {
+                r.target
+                    .as_ref()
+                    .is_some_and(|t| mountinfo::mount_at(&table, t).is_some())
+            })
+            .collect())
     }
 
     fn remove_record(&self, target: &Path) {
@@ -411,6 +408,9 @@ impl NodeService {
             )
         });
         let readonly = req.readonly || reader_only;
+        let single_writer = cap.access_mode.as_ref().is_some_and(|m| {
+            m.mode == csi::volume_capability::access_mode::Mode::SingleNodeSingleWriter as i32
+        });
         let options = self.options(&handle, &req, readonly)?;
         let _lock = self.lock(&target)?;
 
@@ -423,6 +423,7 @@ impl NodeService {
             readonly,
             mount_flags: Some(request_flags(cap)),
             target: Some(target.clone()),
+            single_writer,
             proxy_mib: None,
         };
         let table = self.mounter.mounts().await.map_err(mount_error)?;
@@ -459,9 +460,23 @@ impl NodeService {
             .map_err(|e| Error::io(format!("creating target {}", target.display()), e))?;
         let mut wanted = wanted;
         let mut options = options;
-        let budget_lock = self.budget.lock().await;
+        let admission = self.admission.lock().await;
+        let live = self.live_publications().await?;
+        let others = live
+            .iter()
+            .filter(|r| r.target.as_deref() != Some(target.as_path()));
+        if let Some(other) = others
+            .clone()
+            .find(|r| r.volume_id == req.volume_id && (single_writer || r.single_writer))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {} is already published on this node at {} and one of the two asks for ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER); unpublish it there first",
+                req.volume_id,
+                other.target.as_deref().unwrap_or(Path::new("?")).display()
+            )));
+        }
         if let Some(budget) = &self.config.memory_budget {
-            let used = self.committed_mib(&target).await?;
+            let used: u64 = others.filter_map(|r| r.proxy_mib).sum();
             let fitted = budget
                 .fit(&options, used)
                 .map_err(Error::ResourceExhausted)?;
@@ -480,7 +495,7 @@ impl NodeService {
         // Recorded first: if the helper outlives its deadline and mounts anyway, the retry finds
         // this record next to the mount and adopts it.
         self.write_record(&target, &wanted)?;
-        drop(budget_lock);
+        drop(admission);
         let spec = MountSpec {
             source,
             target: target.clone(),

@@ -1163,3 +1163,79 @@ async fn mounts_beyond_the_proxy_memory_budget_lose_cache_then_direct_reads_then
             .expect("unpublish");
     }
 }
+
+#[tokio::test]
+async fn read_write_once_pod_allows_one_target_on_the_node_even_across_a_restart() {
+    let mut node = Node::start(&[]).await;
+    let volume = format!("s3files:{FS}::{AP}");
+    let (a, b) = (node.target("pod-rwop-a"), node.target("pod-rwop-b"));
+    let sssw = AccessMode::SingleNodeSingleWriter;
+    node.client
+        .node_publish_volume(publish(&a, &volume, sssw, false, &[]))
+        .await
+        .expect("first target");
+    node.client
+        .node_publish_volume(publish(&a, &volume, sssw, false, &[]))
+        .await
+        .expect("the same target again is idempotent");
+    for mode in [sssw, AccessMode::SingleNodeWriter] {
+        let err = node
+            .client
+            .node_publish_volume(publish(&b, &volume, mode, false, &[]))
+            .await
+            .expect_err("a second target");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{mode:?}: {err:?}");
+        assert!(err.message().contains("pod-rwop-a"), "{err:?}");
+    }
+    assert!(
+        mounted(&b).is_none(),
+        "nothing mounted at the refused target"
+    );
+    // Another volume is not affected.
+    let other = format!("s3files:{FS}::fsap-0123456789abcdef9");
+    node.client
+        .node_publish_volume(publish(&b, &other, sssw, false, &[]))
+        .await
+        .expect("another volume");
+    node.client
+        .node_unpublish_volume(unpublish(&b))
+        .await
+        .expect("unpublish b");
+
+    // A restarted plugin knows from its records and the mount table.
+    let state = node.dir.path().join("state").display().to_string();
+    let helper = node.dir.path().join("mount.s3files").display().to_string();
+    let fresh = Plugin::start_with_env(
+        &[
+            "node",
+            "--node-id",
+            "node-1",
+            "--zone-id",
+            "use1-az1",
+            "--mount-helper",
+            &helper,
+            "--state-dir",
+            &state,
+        ],
+        &[("HELPER_LOG", node.log.display().to_string())],
+    )
+    .await;
+    let mut client = NodeClient::new(fresh.channel().await);
+    let err = client
+        .node_publish_volume(publish(&b, &volume, sssw, false, &[]))
+        .await
+        .expect_err("still published at a");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    client
+        .node_unpublish_volume(unpublish(&a))
+        .await
+        .expect("unpublish a");
+    client
+        .node_publish_volume(publish(&b, &volume, sssw, false, &[]))
+        .await
+        .expect("free again");
+    client
+        .node_unpublish_volume(unpublish(&b))
+        .await
+        .expect("unpublish b");
+}
