@@ -630,3 +630,39 @@ async fn an_unreachable_api_never_fails_the_probe_and_is_reported() {
     assert!(status.success(), "health of a live controller succeeds");
     assert!(stdout.contains("s3files-api"), "{stdout}");
 }
+
+#[tokio::test]
+async fn every_name_the_provisioner_can_send_provisions_into_its_own_directory() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let cloud = stack.emulator.cloud();
+    let mut roots = HashSet::new();
+    for name in [&"p".repeat(128), "x", ".x", "../x", "x/y"] {
+        let handle = create(&mut client, request(&stack, name, &[])).await;
+        let ap = cloud
+            .get_access_point(handle.access_point_id.as_deref().expect("ap"))
+            .await
+            .expect("access point");
+        let root = ap.root_path.expect("root");
+        assert!(root.len() <= 100, "{name}: {root}");
+        assert!(roots.insert(root.clone()), "{name} shares {root}");
+        // The retry lands on the same volume.
+        let again = create(&mut client, request(&stack, name, &[])).await;
+        assert_eq!(again, handle, "{name}");
+    }
+    for (pairs, key) in [
+        (&[("basePath", "/.hidden")][..], "basePath"),
+        (&[("basePath", "/my dir/$x")][..], "basePath"),
+        (
+            &[("subPathPattern", "../${.PV.name}")][..],
+            "subPathPattern",
+        ),
+    ] {
+        let err = client
+            .create_volume(request(&stack, "pvc-bad-path", pairs))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(key), "{err:?}");
+    }
+}

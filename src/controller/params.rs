@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use crate::error::Error;
-use crate::volume::normalise_subpath;
 
 pub const PROVISIONING_MODE: &str = "provisioningMode";
 pub const FILE_SYSTEM_ID: &str = "fileSystemId";
@@ -336,14 +335,20 @@ fn parse_tags(raw: &str) -> Result<Vec<(String, String)>, Error> {
 
 /// Characters S3 Files forbids in a root directory component.
 const FORBIDDEN: &str = "$#<>;`|&?{}^*";
+/// S3 Files' limits on an access point's root directory.
+const MAX_ROOT_CHARS: usize = 100;
+const MAX_ROOT_DIRECTORIES: usize = 4;
+/// Joins the readable part of a hashed directory name to its hash. It is not among the
+/// characters a volume name used as it is may have, so a hashed name never equals a plain one.
+const HASH_SEPARATOR: char = '~';
 
-/// Makes one rendered path component acceptable to S3 Files: forbidden characters become `-`,
-/// leading dots are dropped. Never shortens otherwise; the caller rejects what is too long.
-fn sanitise(component: &str) -> String {
-    let replaced: String = component
+/// Makes a variable's value (a PVC name or namespace, the PV name) one path component:
+/// forbidden characters, control characters and `/` become `-`, leading dots are dropped.
+fn sanitise(value: &str) -> String {
+    let replaced: String = value
         .chars()
         .map(|c| {
-            if FORBIDDEN.contains(c) || c.is_control() {
+            if FORBIDDEN.contains(c) || c.is_control() || c == '/' {
                 '-'
             } else {
                 c
@@ -351,6 +356,19 @@ fn sanitise(component: &str) -> String {
         })
         .collect();
     replaced.trim_start_matches('.').to_owned()
+}
+
+/// Why `literal` (text the StorageClass wrote itself) cannot be part of a root directory.
+fn literal_problem(literal: &str) -> Option<String> {
+    if let Some(c) = literal
+        .chars()
+        .find(|c| FORBIDDEN.contains(*c) || c.is_control())
+    {
+        return Some(format!(
+            "contains {c:?}; S3 Files refuses any of {FORBIDDEN} in a root directory"
+        ));
+    }
+    None
 }
 
 /// A short stable suffix for `ensureUniqueDirectory`: the same volume always gets the same
@@ -362,6 +380,38 @@ fn unique_suffix(volume_name: &str) -> String {
     format!("{:08x}", hash >> 32)
 }
 
+/// Whether a volume name can be its own directory: letters, digits, `-`, `_` and `.`, not
+/// starting with a dot (csi-provisioner's `pvc-<uuid>` names are).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The default directory of volume `name` under `base` (which ends without `/`): the name
+/// itself when it is plain and fits, else a readable prefix of it, `~` and 16 hex digits of the
+/// SHA-256 of the whole name. Deterministic (a retry lands on the same directory), and distinct
+/// names never share one.
+fn default_directory(name: &str, base: &str) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let room = MAX_ROOT_CHARS.checked_sub(base.chars().count() + 1)?;
+    if plain_name(name) && name.chars().count() <= room {
+        return Some(name.to_owned());
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let readable_room = room.checked_sub(hash.len() + 1)?;
+    let readable: String = sanitise(name)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(readable_room)
+        .collect();
+    let readable = readable.trim_start_matches('.');
+    Some(format!("{readable}{HASH_SEPARATOR}{hash}"))
+}
+
 fn root_path(
     volume_name: &str,
     parameters: &HashMap<String, String>,
@@ -369,71 +419,123 @@ fn root_path(
     pattern: Option<&str>,
     unique: bool,
 ) -> Result<String, Error> {
-    let explicit_pattern = pattern.is_some();
-    let pattern = pattern.unwrap_or(DEFAULT_SUB_PATH_PATTERN);
-    let mut rendered = String::new();
-    let mut rest = pattern;
-    while let Some(start) = rest.find("${") {
-        rendered.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find('}') else {
-            return Err(Error::invalid_parameter(
-                SUB_PATH_PATTERN,
-                format!("{pattern:?} has an unclosed ${{"),
-            ));
-        };
-        let var = &rest[start + 2..start + end];
-        let value = match var {
-            ".PV.name" => parameters
-                .get(PV_NAME)
-                .map(String::as_str)
-                .unwrap_or(volume_name),
-            ".PVC.name" => parameters
-                .get(PVC_NAME)
-                .map(String::as_str)
-                .ok_or_else(|| missing_metadata(var))?,
-            ".PVC.namespace" => parameters
-                .get(PVC_NAMESPACE)
-                .map(String::as_str)
-                .ok_or_else(|| missing_metadata(var))?,
-            other => {
+    // basePath is written by the StorageClass: refused, never rewritten, when S3 Files could
+    // not take it.
+    let mut components: Vec<String> = Vec::new();
+    if let Some(b) = base_path {
+        for part in b.split('/').filter(|c| !c.is_empty()) {
+            if part.starts_with('.') {
                 return Err(Error::invalid_parameter(
-                    SUB_PATH_PATTERN,
+                    BASE_PATH,
                     format!(
-                        "${{{other}}} is not a known variable; use ${{.PVC.name}}, ${{.PVC.namespace}} or ${{.PV.name}}"
+                        "{b:?}: {part:?} starts with '.'; S3 Files refuses root directories with a component starting with '.' (and '..' is never allowed)"
                     ),
                 ));
             }
+            if let Some(why) = literal_problem(part) {
+                return Err(Error::invalid_parameter(BASE_PATH, format!("{b:?} {why}")));
+            }
+            components.push(part.to_owned());
+        }
+    }
+    let Some(pattern) = pattern else {
+        let base = components
+            .iter()
+            .map(|c| format!("/{c}"))
+            .collect::<String>();
+        if components.len() >= MAX_ROOT_DIRECTORIES {
+            return Err(Error::invalid_parameter(
+                BASE_PATH,
+                format!(
+                    "{base:?} leaves no room for the volume's directory; S3 Files allows at most {MAX_ROOT_DIRECTORIES} directories"
+                ),
+            ));
+        }
+        return match default_directory(volume_name, &base) {
+            Some(dir) => Ok(format!("{base}/{dir}")),
+            None => Err(Error::invalid_parameter(
+                BASE_PATH,
+                format!(
+                    "the access point root under {base:?} would be over {MAX_ROOT_CHARS} characters; S3 Files allows at most {MAX_ROOT_CHARS}: shorten basePath"
+                ),
+            )),
         };
-        rendered.push_str(value);
-        rest = &rest[start + end + 1..];
-    }
-    rendered.push_str(rest);
-
-    let base = match base_path {
-        Some(b) => normalise_subpath(b)
-            .map_err(|why| Error::invalid_parameter(BASE_PATH, why))?
-            .unwrap_or_default(),
-        None => String::new(),
     };
-    let mut components: Vec<String> = base
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .map(sanitise)
-        .collect();
-    let rendered_components: Vec<String> = rendered
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(sanitise)
-        .filter(|c| !c.is_empty())
-        .collect();
-    if rendered_components.iter().any(|c| c == "..") {
-        return Err(Error::invalid_parameter(
-            SUB_PATH_PATTERN,
-            "the rendered path must not contain '..'",
-        ));
+
+    for template in pattern.split('/').filter(|c| !c.is_empty()) {
+        let mut rendered = String::new();
+        let mut rest = template;
+        let mut first = true;
+        loop {
+            let (literal, var) = match rest.find("${") {
+                Some(start) => (&rest[..start], Some(start)),
+                None => (rest, None),
+            };
+            if first && (literal == "." || literal == ".." || literal.starts_with('.')) {
+                return Err(Error::invalid_parameter(
+                    SUB_PATH_PATTERN,
+                    format!(
+                        "{pattern:?}: the component {template:?} starts with '.'; '.' and '..' are not allowed and S3 Files refuses hidden root directories"
+                    ),
+                ));
+            }
+            if let Some(why) = literal_problem(literal) {
+                return Err(Error::invalid_parameter(
+                    SUB_PATH_PATTERN,
+                    format!("{pattern:?} {why}"),
+                ));
+            }
+            rendered.push_str(literal);
+            first = false;
+            let Some(start) = var else { break };
+            let after = &rest[start..];
+            let Some(end) = after.find('}') else {
+                return Err(Error::invalid_parameter(
+                    SUB_PATH_PATTERN,
+                    format!("{pattern:?} has an unclosed ${{"),
+                ));
+            };
+            let name = &after[2..end];
+            let value = match name {
+                ".PV.name" => parameters
+                    .get(PV_NAME)
+                    .map(String::as_str)
+                    .unwrap_or(volume_name),
+                ".PVC.name" => parameters
+                    .get(PVC_NAME)
+                    .map(String::as_str)
+                    .ok_or_else(|| missing_metadata(name))?,
+                ".PVC.namespace" => parameters
+                    .get(PVC_NAMESPACE)
+                    .map(String::as_str)
+                    .ok_or_else(|| missing_metadata(name))?,
+                other => {
+                    return Err(Error::invalid_parameter(
+                        SUB_PATH_PATTERN,
+                        format!(
+                            "${{{other}}} is not a known variable; use ${{.PVC.name}}, ${{.PVC.namespace}} or ${{.PV.name}}"
+                        ),
+                    ));
+                }
+            };
+            let value = sanitise(value);
+            // A value never starts a component with a dot (sanitise drops them).
+            rendered.push_str(if rendered.is_empty() {
+                value.trim_start_matches('.')
+            } else {
+                &value
+            });
+            rest = &after[end + 1..];
+        }
+        if rendered.is_empty() {
+            return Err(Error::invalid_parameter(
+                SUB_PATH_PATTERN,
+                format!("{pattern:?}: the component {template:?} renders empty for this volume"),
+            ));
+        }
+        components.push(rendered);
     }
-    components.extend(rendered_components);
-    if unique && explicit_pattern {
+    if unique {
         match components.last_mut() {
             Some(last) => {
                 last.push('-');
@@ -449,20 +551,20 @@ fn root_path(
         ));
     }
     let path = format!("/{}", components.join("/"));
-    if components.len() > 4 {
+    if components.len() > MAX_ROOT_DIRECTORIES {
         return Err(Error::invalid_parameter(
             SUB_PATH_PATTERN,
             format!(
-                "the access point root {path:?} has {} directories; S3 Files allows at most 4 (basePath plus subPathPattern)",
+                "the access point root {path:?} has {} directories; S3 Files allows at most {MAX_ROOT_DIRECTORIES} (basePath plus subPathPattern)",
                 components.len()
             ),
         ));
     }
-    if path.chars().count() > 100 {
+    if path.chars().count() > MAX_ROOT_CHARS {
         return Err(Error::invalid_parameter(
             SUB_PATH_PATTERN,
             format!(
-                "the access point root {path:?} is {} characters; S3 Files allows at most 100 — shorten basePath or subPathPattern",
+                "the access point root {path:?} is {} characters; S3 Files allows at most {MAX_ROOT_CHARS}: shorten basePath or subPathPattern",
                 path.chars().count()
             ),
         ));
@@ -542,6 +644,97 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(plain.root_path, format!("/{PV}"));
+    }
+
+    #[test]
+    fn every_volume_name_gets_its_own_directory_within_the_limits() {
+        let long = "v".repeat(128);
+        let names = [
+            "pvc-0c6d6c4e-7a1b-4a2e-9d5e-1f2a3b4c5d6e".to_owned(),
+            "x".to_owned(),
+            ".x".to_owned(),
+            "../x".to_owned(),
+            "x/y".to_owned(),
+            "x y".to_owned(),
+            "x$".to_owned(),
+            "\u{e9}t\u{e9}".to_owned(),
+            long.clone(),
+            format!("{}b", "v".repeat(127)),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for name in &names {
+            for base in [None, Some("/k8s/volumes")] {
+                let mut p = params(&[]);
+                if let Some(b) = base {
+                    p.insert(BASE_PATH.to_owned(), b.to_owned());
+                }
+                let root = ProvisionParams::parse(name, &p).expect(name).root_path;
+                assert!(root.chars().count() <= 100, "{name}: {root}");
+                assert!(
+                    root.split('/')
+                        .skip(1)
+                        .all(|c| !c.is_empty() && !c.starts_with('.')),
+                    "{root}"
+                );
+                assert!(!root.contains(|c| FORBIDDEN.contains(c)), "{root}");
+                assert!(seen.insert(root.clone()), "{name} shares {root}");
+                // A retry renders the same directory.
+                assert_eq!(
+                    ProvisionParams::parse(name, &p).expect(name).root_path,
+                    root
+                );
+            }
+        }
+        // Plain names stay readable as they were.
+        let pvc = ProvisionParams::parse(PV, &params(&[])).expect("valid");
+        assert_eq!(pvc.root_path, format!("/{PV}"));
+        let x = ProvisionParams::parse("x", &params(&[])).expect("valid");
+        assert_eq!(x.root_path, "/x");
+        let dotted = ProvisionParams::parse(".x", &params(&[])).expect("valid");
+        assert!(dotted.root_path.starts_with("/x~"), "{}", dotted.root_path);
+    }
+
+    #[test]
+    fn base_paths_and_patterns_s3_files_would_refuse_are_refused_not_rewritten() {
+        let long = "x".repeat(90);
+        let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+            (vec![(BASE_PATH, "/.hidden")], "basePath", "starts with '.'"),
+            (vec![(BASE_PATH, "/my dir/$x")], "basePath", "'$'"),
+            (vec![(BASE_PATH, "/a/../b")], "basePath", "'.'"),
+            (
+                vec![(SUB_PATH_PATTERN, "../${.PV.name}")],
+                "subPathPattern",
+                "'..'",
+            ),
+            (
+                vec![(SUB_PATH_PATTERN, "./${.PV.name}")],
+                "subPathPattern",
+                "'.'",
+            ),
+            (
+                vec![(SUB_PATH_PATTERN, ".cache/${.PV.name}")],
+                "subPathPattern",
+                "starts with '.'",
+            ),
+            (
+                vec![(SUB_PATH_PATTERN, "vol#${.PV.name}")],
+                "subPathPattern",
+                "'#'",
+            ),
+            (vec![(BASE_PATH, "/a/b/c/d")], "basePath", "no room"),
+            (vec![(BASE_PATH, &long)], "basePath", "at most 100"),
+        ];
+        for (pairs, key, expected) in cases {
+            let err = ProvisionParams::parse(PV, &params(&pairs)).expect_err(key);
+            let text = err.to_string();
+            assert!(
+                text.contains(key) && text.contains(expected),
+                "{pairs:?}: {text}"
+            );
+        }
+        // A space is a character S3 Files takes.
+        let spaced = ProvisionParams::parse(PV, &params(&[(BASE_PATH, "/my dir")])).expect("valid");
+        assert_eq!(spaced.root_path, format!("/my dir/{PV}"));
     }
 
     #[test]
