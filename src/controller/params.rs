@@ -697,7 +697,9 @@ mod tests {
     #[test]
     fn base_paths_and_patterns_s3_files_would_refuse_are_refused_not_rewritten() {
         let long = "x".repeat(90);
-        let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+        // (parameters, the key named, what the message says)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (vec![(BASE_PATH, "/.hidden")], "basePath", "starts with '.'"),
             (vec![(BASE_PATH, "/my dir/$x")], "basePath", "'$'"),
             (vec![(BASE_PATH, "/a/../b")], "basePath", "'.'"),
