@@ -36,6 +36,57 @@ pub const TOPOLOGY_ZONE_ID_KEY: &str = "topology.k8s.aws/zone-id";
 pub const TOPOLOGY_ZONE_KEY: &str = "topology.kubernetes.io/zone";
 /// Tag recording a StorageClass's `onDelete: delete` on the access point, read by DeleteVolume.
 pub const TAG_ON_DELETE: &str = "s3files.csi.dev/on-delete";
+/// Tag recording what a volume was created with (a digest of the request's capacity range,
+/// parameters and capabilities), so a CreateVolume of the same name asking for something else
+/// is `AlreadyExists`, also after a controller restart.
+pub const TAG_REQUEST: &str = "s3files.csi.dev/request";
+
+/// The digest a volume's [`TAG_REQUEST`] holds: the same for every retry of one request,
+/// different when the capacity range, a parameter or a capability differs.
+pub fn request_digest(req: &csi::CreateVolumeRequest) -> String {
+    use sha2::{Digest, Sha256};
+    use std::collections::BTreeSet;
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(req.name.as_bytes());
+    let range = req.capacity_range.as_ref();
+    field(&range.map_or(0, |r| r.required_bytes).to_be_bytes());
+    field(&range.map_or(0, |r| r.limit_bytes).to_be_bytes());
+    let params: std::collections::BTreeMap<_, _> = req.parameters.iter().collect();
+    for (k, v) in params {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    let caps: BTreeSet<String> = req
+        .volume_capabilities
+        .iter()
+        .map(|c| {
+            let mode = c.access_mode.as_ref().map_or(0, |m| m.mode);
+            match &c.access_type {
+                Some(csi::volume_capability::AccessType::Mount(m)) => {
+                    let flags: BTreeSet<String> =
+                        crate::mount::options::user_options(&m.mount_flags)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect();
+                    format!("mount:{mode}:{}:{:?}", m.fs_type, flags)
+                }
+                Some(csi::volume_capability::AccessType::Block(_)) => format!("block:{mode}"),
+                None => format!("none:{mode}"),
+            }
+        })
+        .collect();
+    for c in caps {
+        field(c.as_bytes());
+    }
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Controller settings from the command line.
 #[derive(Clone, Debug)]
@@ -288,6 +339,8 @@ impl ControllerService {
         if params.on_delete == OnDelete::Delete {
             tags.push((TAG_ON_DELETE.to_owned(), "delete".to_owned()));
         }
+        let digest = request_digest(&req);
+        tags.push((TAG_REQUEST.to_owned(), digest.clone()));
         let new = NewAccessPoint {
             file_system_id: params.file_system_id.clone(),
             client_token: token.clone(),
@@ -357,6 +410,23 @@ impl ControllerService {
                 });
             }
         };
+        // A volume of this name made for another request (access points of older versions
+        // carry no digest and are taken as they are).
+        if let Some((_, theirs)) = ap.tags.iter().find(|(k, _)| k == TAG_REQUEST)
+            && *theirs != digest
+        {
+            // The GID drawn for this call is free again, unless it is the one that access point
+            // holds.
+            if let Some(g) = allocated
+                && ap.posix_user.as_ref().map(|u| u.gid) != Some(g)
+            {
+                self.inner.gids.release(&params.file_system_id, g).await;
+            }
+            return Err(Error::AlreadyExists(format!(
+                "volume {} already exists (access point {}) with another capacity range, parameters or capabilities; delete it or use another name",
+                req.name, ap.id
+            )));
+        }
         let ap = self.wait_available(ap).await?;
         let handle = VolumeHandle::for_access_point(&params.file_system_id, &ap.id);
         let accessible_topology = zones

@@ -666,3 +666,58 @@ async fn every_name_the_provisioner_can_send_provisions_into_its_own_directory()
         assert!(err.message().contains(key), "{err:?}");
     }
 }
+
+#[tokio::test]
+async fn create_again_with_other_capacity_or_parameters_is_already_exists_even_after_a_restart() {
+    let mut stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let sized = |stack: &ControllerStack, gib: i64, extra: &[(&str, &str)]| {
+        let mut req = request(stack, "pvc-compat", extra);
+        req.capacity_range = Some(csi::CapacityRange {
+            required_bytes: gib << 30,
+            limit_bytes: 0,
+        });
+        req
+    };
+    let handle = create(&mut client, sized(&stack, 5, &[])).await;
+    assert_eq!(
+        create(&mut client, sized(&stack, 5, &[])).await,
+        handle,
+        "same request"
+    );
+    let incompatible = [
+        sized(&stack, 6, &[]),
+        sized(&stack, 5, &[("basePath", "/other")]),
+        sized(&stack, 5, &[("directoryPerms", "750")]),
+        {
+            let mut r = sized(&stack, 5, &[]);
+            r.volume_capabilities = vec![mount_capability(AccessMode::SingleNodeReaderOnly)];
+            r
+        },
+    ];
+    for req in &incompatible {
+        let err = client
+            .create_volume(req.clone())
+            .await
+            .expect_err("incompatible");
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        assert!(err.message().contains("pvc-compat"), "{err:?}");
+    }
+    // A restarted controller knows from the access point's tags.
+    let args = ["controller", "--api-rate-limit", "0"];
+    stack.plugin = Plugin::start_with_env(&args, &emulator_env(&stack.emulator.url)).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    assert_eq!(create(&mut client, sized(&stack, 5, &[])).await, handle);
+    let err = client
+        .create_volume(incompatible[0].clone())
+        .await
+        .expect_err("incompatible after restart");
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    let listed = stack
+        .emulator
+        .cloud()
+        .list_access_points(&stack.fs_id)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "no second access point");
+}
