@@ -592,6 +592,36 @@ impl ControllerService {
         Ok(())
     }
 
+    /// `NotFound` unless the volume `volume_id` names exists: its access point, on the file
+    /// system the handle names (an access point of another file system is not this volume), or
+    /// for a handle without one, the file system.
+    async fn volume_exists(&self, volume_id: &str) -> Result<()> {
+        let handle = VolumeHandle::parse(volume_id)
+            .map_err(|why| Error::NotFound(format!("volume {volume_id}: {why}")))?;
+        let cloud = &self.inner.cloud;
+        let found = match &handle.access_point_id {
+            Some(ap_id) => match cloud.get_access_point(ap_id).await {
+                Ok(ap) if ap.file_system_id == handle.file_system_id => Ok(()),
+                Ok(ap) => {
+                    return Err(Error::NotFound(format!(
+                        "volume {volume_id}: access point {ap_id} belongs to file system {}, not {}",
+                        ap.file_system_id, handle.file_system_id
+                    )));
+                }
+                Err(e) => Err(e),
+            },
+            None => cloud
+                .get_file_system(&handle.file_system_id)
+                .await
+                .map(|_| ()),
+        };
+        match found {
+            Ok(()) => Ok(()),
+            Err(CloudError::NotFound(_)) => Err(Error::NotFound(format!("volume {volume_id}"))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn validate(
         &self,
         req: csi::ValidateVolumeCapabilitiesRequest,
@@ -605,24 +635,7 @@ impl ControllerService {
                 "must list at least one capability",
             ));
         }
-        let handle = VolumeHandle::parse(&req.volume_id)
-            .map_err(|why| Error::NotFound(format!("volume {}: {why}", req.volume_id)))?;
-        let exists = match &handle.access_point_id {
-            Some(ap) => self.inner.cloud.get_access_point(ap).await.map(|_| ()),
-            None => self
-                .inner
-                .cloud
-                .get_file_system(&handle.file_system_id)
-                .await
-                .map(|_| ()),
-        };
-        match exists {
-            Ok(()) => {}
-            Err(CloudError::NotFound(_)) => {
-                return Err(Error::NotFound(format!("volume {}", req.volume_id)));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        self.volume_exists(&req.volume_id).await?;
         Ok(match check_capabilities(&req.volume_capabilities) {
             CapabilityCheck::Supported => csi::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
@@ -654,17 +667,7 @@ impl ControllerService {
             return Err(Error::invalid("capacity_range", "is required"));
         };
         let capacity = capacity_bytes(Some(range))?;
-        let handle = VolumeHandle::parse(&req.volume_id)
-            .map_err(|why| Error::NotFound(format!("volume {}: {why}", req.volume_id)))?;
-        if let Some(ap) = &handle.access_point_id {
-            match self.inner.cloud.get_access_point(ap).await {
-                Ok(_) => {}
-                Err(CloudError::NotFound(_)) => {
-                    return Err(Error::NotFound(format!("volume {}", req.volume_id)));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.volume_exists(&req.volume_id).await?;
         // S3 Files is elastic: there is nothing to grow, on the controller or on the node.
         Ok(csi::ControllerExpandVolumeResponse {
             capacity_bytes: capacity,

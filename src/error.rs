@@ -125,9 +125,26 @@ impl Error {
     }
 }
 
+/// The longest status message sent: messages echo ids and paths from the request, and a reply
+/// whose trailers are too large is refused by grpc-core clients (its default metadata limit is
+/// 8 KiB), so the caller would see a transport error instead of the reason.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] at a character boundary, marked where it was cut.
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES - "... (cut)".len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (cut)", &message[..end])
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        Status::new(err.code(), err.to_string())
+        Status::new(err.code(), bounded(err.to_string()))
     }
 }
 
@@ -201,6 +218,17 @@ mod tests {
             assert_eq!(status.code(), code, "{}", status.message());
             assert!(!status.message().is_empty());
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let id = "é".repeat(10_000);
+        let status = Status::from(Error::NotFound(format!("volume {id}")));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+        assert!(status.message().ends_with("... (cut)"));
+        assert!(status.message().starts_with("volume é"));
+        let short = Status::from(Error::NotFound("volume v".into()));
+        assert_eq!(short.message(), "volume v not found");
     }
 
     #[test]

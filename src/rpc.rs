@@ -146,10 +146,10 @@ where
             Err(panic) => {
                 let what = crate::telemetry::panic_message(panic.as_ref());
                 error!(elapsed_ms, panic = %what, "handler panicked");
-                Err(Status::internal(format!(
+                Err(Status::internal(crate::error::bounded(format!(
                     "internal error: the driver failed while serving {method} ({what}); \
                      see the driver log"
-                )))
+                ))))
             }
         };
         if let Some(metrics) = metrics {

@@ -721,3 +721,74 @@ async fn create_again_with_other_capacity_or_parameters_is_already_exists_even_a
         .expect("list");
     assert_eq!(listed.len(), 1, "no second access point");
 }
+
+#[tokio::test]
+async fn calls_that_name_the_wrong_file_system_are_not_found() {
+    use s3files_csi::cloud::{NewFileSystem, S3Files};
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let handle = create(&mut client, request(&stack, "pvc-wrong-fs", &[])).await;
+    let ap = handle.access_point_id.clone().expect("ap");
+    let other = stack
+        .emulator
+        .cloud()
+        .create_file_system(&NewFileSystem {
+            bucket_arn: "arn:aws:s3:::other-bucket".into(),
+            prefix: None,
+            role_arn: common::emulator::ROLE.into(),
+            client_token: None,
+            tags: vec![],
+        })
+        .await
+        .expect("second file system");
+    let wrong = format!("s3files:{}::{ap}", other.id);
+    let unknown_fs = "s3files:fs-0123456789abcdef7".to_owned();
+    let caps = vec![mount_capability(AccessMode::MultiNodeMultiWriter)];
+    for volume_id in [&wrong, &unknown_fs] {
+        let err = client
+            .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+                volume_id: volume_id.clone(),
+                volume_capabilities: caps.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("validate");
+        assert_eq!(err.code(), Code::NotFound, "{volume_id}: {err:?}");
+        let err = client
+            .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+                volume_id: volume_id.clone(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 1 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect_err("expand");
+        assert_eq!(err.code(), Code::NotFound, "{volume_id}: {err:?}");
+    }
+    // The right handle still works for both.
+    client
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: handle.to_string(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 2 << 30,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand");
+    // An id of 10,000 characters comes back cut, not as a reply too large to read.
+    let long = format!("s3files:{}", "f".repeat(10_000));
+    let err = client
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: long,
+            volume_capabilities: caps,
+            ..Default::default()
+        })
+        .await
+        .expect_err("validate");
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().len() <= 1024, "{}", err.message().len());
+}

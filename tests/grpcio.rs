@@ -173,6 +173,10 @@ try:
     ctl.CreateVolume(pb.CreateVolumeRequest(name="", volume_capabilities=[cap]), timeout=10)
 except grpc.RpcError as e:
     print("create", e.code().name)
+try:
+    ctl.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(volume_id="s3files:" + "f" * 10000, volume_capabilities=[cap]), timeout=10)
+except grpc.RpcError as e:
+    print("long-id", e.code().name, len(e.details()))
 "#
         ),
     )
