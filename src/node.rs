@@ -550,7 +550,13 @@ impl NodeService {
         if req.volume_id.is_empty() {
             return Err(Error::invalid("volume_id", "must not be empty"));
         }
-        let path = checked_path("volume_path", &req.volume_path)?;
+        if req.volume_path.is_empty() {
+            return Err(Error::invalid("volume_path", "must not be empty"));
+        }
+        // A path no volume can be at (relative, with '..') is a volume path not found: the
+        // spec keeps INVALID_ARGUMENT for missing fields.
+        let path = checked_path("volume_path", &req.volume_path)
+            .map_err(|_| Error::NotFound(format!("volume path {:?}", req.volume_path)))?;
         if !tokio::fs::try_exists(&path).await.unwrap_or(true) {
             return Err(Error::NotFound(format!("volume path {}", path.display())));
         }

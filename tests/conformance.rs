@@ -646,3 +646,34 @@ async fn raw_unary(plugin: &Plugin, path: &'static str) -> tonic::Status {
     .await
     .expect_err("path must not be served")
 }
+
+#[tokio::test]
+async fn volume_stats_of_a_path_that_is_no_volume_is_not_found_and_of_an_empty_one_invalid() {
+    let plugin = Plugin::start(NODE).await;
+    let mut node = NodeClient::new(plugin.channel().await);
+    let stats = |path: &str| csi::NodeGetVolumeStatsRequest {
+        volume_id: "s3files:fs-0123456789abcdef0::fsap-0123456789abcdef1".into(),
+        volume_path: path.into(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_mounted = dir.path().display().to_string();
+    for path in [
+        "relative/path",
+        "/var/lib/kubelet/../x",
+        "/nonexistent/pods/x/volumes/mount",
+        not_mounted.as_str(),
+    ] {
+        let err = node
+            .node_get_volume_stats(stats(path))
+            .await
+            .expect_err(path);
+        assert_eq!(err.code(), Code::NotFound, "{path}: {err:?}");
+    }
+    let err = node
+        .node_get_volume_stats(stats(""))
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("volume_path"), "{err:?}");
+}
