@@ -540,13 +540,16 @@ impl ControllerService {
             Err(e) => return Err(e.into()),
         };
         if ap.file_system_id != handle.file_system_id {
-            return Err(Error::invalid(
-                "volume_id",
-                format!(
-                    "access point {ap_id} belongs to {}, not {}; refusing to delete it",
-                    ap.file_system_id, handle.file_system_id
-                ),
-            ));
+            // The volume this id names (that access point on that file system) does not exist,
+            // which the spec answers OK; the access point of another file system is not ours to
+            // delete.
+            warn!(
+                access_point = %ap_id,
+                belongs_to = %ap.file_system_id,
+                handle_names = %handle.file_system_id,
+                "the access point belongs to another file system; nothing deleted"
+            );
+            return Ok(csi::DeleteVolumeResponse {});
         }
         let delete_data = ap
             .tags

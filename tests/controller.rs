@@ -767,6 +767,20 @@ async fn calls_that_name_the_wrong_file_system_are_not_found() {
             .expect_err("expand");
         assert_eq!(err.code(), Code::NotFound, "{volume_id}: {err:?}");
     }
+    // Deleting the volume the wrong handle names is OK (it does not exist) and deletes nothing.
+    client
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: wrong.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete of a volume that does not exist");
+    stack
+        .emulator
+        .cloud()
+        .get_access_point(&ap)
+        .await
+        .expect("the access point of the other file system is still there");
     // The right handle still works for both.
     client
         .controller_expand_volume(csi::ControllerExpandVolumeRequest {
