@@ -589,7 +589,10 @@ async fn bad_input_is_invalid_argument_with_the_reason() {
         node.helper_calls().is_empty(),
         "no bad request reached the helper"
     );
-    assert!(mounted(&target).is_none(), "a refused publish leaves nothing mounted");
+    assert!(
+        mounted(&target).is_none(),
+        "a refused publish leaves nothing mounted"
+    );
     for (what, req) in [
         (
             "no volume id",
