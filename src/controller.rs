@@ -298,6 +298,12 @@ impl ControllerService {
             ));
         }
         let params = ProvisionParams::parse(&req.name, &req.parameters)?;
+        if params.on_delete == OnDelete::Delete && self.inner.data.is_none() {
+            return Err(Error::invalid_parameter(
+                params::ON_DELETE,
+                "delete needs the controller's --data-store (the chart's controller.dataStore), which is not set; set it or use onDelete: retain",
+            ));
+        }
         let _lock = self.lock(&req.name)?;
 
         let fs = self.fs_info(&params.file_system_id).await?;
@@ -576,8 +582,9 @@ impl ControllerService {
     async fn delete_data(&self, fs_id: &str, ap: &AccessPoint) -> Result<()> {
         let Some(data) = &self.inner.data else {
             return Err(Error::FailedPrecondition(format!(
-                "access point {} asks for its data to be deleted (onDelete: delete) but the controller has no data store; \
-                 start it with --data-store or remove the {TAG_ON_DELETE} tag",
+                "access point {} asks for its data to be deleted (onDelete: delete) but the controller has no data store: \
+                 set the chart's controller.dataStore (--data-store s3, or s3:URL for an S3-compatible endpoint) and retry; \
+                 or remove the {TAG_ON_DELETE} tag from the access point to keep its data",
                 ap.id
             )));
         };

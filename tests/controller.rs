@@ -479,20 +479,52 @@ async fn on_delete_delete_removes_exactly_the_volumes_files() {
 async fn on_delete_delete_without_a_data_store_keeps_the_volume_and_says_why() {
     let stack = ControllerStack::start(test_config(), &[]).await;
     let mut client = ControllerClient::new(stack.plugin.channel().await);
-    let handle = create(
-        &mut client,
-        request(&stack, "pvc-nostore", &[("onDelete", "delete")]),
-    )
-    .await;
+    // Refused up front: the PV could never be deleted.
+    let refused = client
+        .create_volume(request(&stack, "pvc-nostore", &[("onDelete", "delete")]))
+        .await
+        .expect_err("no data store");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("onDelete") && refused.message().contains("--data-store"),
+        "{refused:?}"
+    );
+    assert_eq!(stack.emulator.emulator.access_point_count(), 0);
+    // A volume created with it earlier (by a controller that had a data store) says exactly
+    // what to configure and stays.
+    let cloud = stack.emulator.cloud();
+    let ap = cloud
+        .create_access_point(&NewAccessPoint {
+            file_system_id: stack.fs_id.clone(),
+            client_token: "pvc-earlier".into(),
+            posix_user: Some(PosixUser {
+                uid: 50_000,
+                gid: 50_000,
+                secondary_gids: Vec::new(),
+            }),
+            root_path: Some("/pvc-earlier".into()),
+            creation_permissions: Some(CreationPermissions {
+                owner_uid: 50_000,
+                owner_gid: 50_000,
+                permissions: "0700".into(),
+            }),
+            tags: vec![("s3files.csi.dev/on-delete".into(), "delete".into())],
+        })
+        .await
+        .expect("access point");
     let status = client
         .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: handle.to_string(),
+            volume_id: VolumeHandle::for_access_point(&stack.fs_id, &ap.id).to_string(),
             ..Default::default()
         })
         .await
         .expect_err("cannot honour onDelete");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("--data-store"), "{status:?}");
+    assert!(
+        status.message().contains("controller.dataStore")
+            && status.message().contains("--data-store"),
+        "{status:?}"
+    );
     assert_eq!(
         stack.emulator.emulator.access_point_count(),
         1,

@@ -218,10 +218,11 @@ impl ProvisionParams {
             (None, None) => DEFAULT_GID_RANGE,
             (Some(s), Some(e)) => {
                 let (s, e) = (parse_u32(GID_RANGE_START, s)?, parse_u32(GID_RANGE_END, e)?);
-                if e <= s {
+                // Inclusive: start == end is a range of one GID.
+                if e < s {
                     return Err(Error::invalid_parameter(
                         GID_RANGE_END,
-                        format!("{e} must be greater than gidRangeStart {s}"),
+                        format!("{e} must not be below gidRangeStart {s}"),
                     ));
                 }
                 (s, e)
@@ -740,6 +741,16 @@ mod tests {
     }
 
     #[test]
+    fn a_range_of_one_gid_is_a_range() {
+        let p = ProvisionParams::parse(
+            PV,
+            &params(&[(GID_RANGE_START, "4242"), (GID_RANGE_END, "4242")]),
+        )
+        .expect("inclusive");
+        assert_eq!(p.ids.range, (4242, 4242));
+    }
+
+    #[test]
     fn forbidden_characters_are_replaced_not_truncated() {
         let p = ProvisionParams::parse(
             PV,
@@ -767,7 +778,7 @@ mod tests {
             (params(&[(GID, "x")]), "gid"),
             (params(&[(GID_RANGE_START, "100")]), "gidRangeStart"),
             (
-                params(&[(GID_RANGE_START, "100"), (GID_RANGE_END, "100")]),
+                params(&[(GID_RANGE_START, "100"), (GID_RANGE_END, "99")]),
                 "gidRangeEnd",
             ),
             (
