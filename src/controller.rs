@@ -314,21 +314,34 @@ impl ControllerService {
         )?;
 
         let token = client_token(&req.name);
+        let mut adopted = None;
         let (uid, gid, allocated) = if params.ids.needs_allocation() {
-            let g = self
+            let fs_id = &params.file_system_id;
+            let learn = || self.used_gids(fs_id);
+            match self
                 .inner
                 .gids
-                .allocate(
-                    self.inner.cloud.as_ref(),
-                    &params.file_system_id,
-                    params.ids.range,
-                )
-                .await?;
-            (
-                params.ids.uid.unwrap_or(g),
-                params.ids.gid.unwrap_or(g),
-                Some(g),
-            )
+                .allocate(fs_id, params.ids.range, learn)
+                .await
+            {
+                Ok(g) => (
+                    params.ids.uid.unwrap_or(g),
+                    params.ids.gid.unwrap_or(g),
+                    Some(g),
+                ),
+                Err(Error::ResourceExhausted(why)) => {
+                    // A retry of a volume that exists needs no new GID: find it by its token
+                    // (a full range is rare, so the listing is too).
+                    match self.find_by_token(&params, &token, None).await? {
+                        Some(existing) => {
+                            adopted = Some(existing);
+                            (0, 0, None)
+                        }
+                        None => return Err(Error::ResourceExhausted(why)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             (
                 params.ids.uid.unwrap_or(0),
@@ -363,7 +376,17 @@ impl ControllerService {
             }),
             tags,
         };
-        let ap = match self.inner.cloud.create_access_point(&new).await {
+        let created = match adopted {
+            Some(existing) => {
+                info!(access_point = %existing.id, "the volume exists; its GID range is full but it needs no new GID");
+                Ok(existing)
+            }
+            None => self.inner.cloud.create_access_point(&new).await,
+        };
+        if let Some(g) = allocated {
+            self.inner.gids.settled(&params.file_system_id, g).await;
+        }
+        let ap = match created {
             Ok(ap) => ap,
             Err(CloudError::Conflict {
                 resource_id,
@@ -396,13 +419,15 @@ impl ControllerService {
                 existing
             }
             Err(e) => {
-                // Free the GID unless the access point may exist after all (a timeout).
+                // Free the GID unless the access point may exist after all (a timeout, a 5xx:
+                // then the next relearn decides). A throttled call was refused unprocessed.
                 let definitive = matches!(
                     e,
                     CloudError::Validation(_)
                         | CloudError::QuotaExceeded(_)
                         | CloudError::NotFound(_)
                         | CloudError::AccessDenied(_)
+                        | CloudError::Throttled(_)
                 );
                 if let (true, Some(g)) = (definitive, allocated) {
                     self.inner.gids.release(&params.file_system_id, g).await;
@@ -463,6 +488,18 @@ impl ControllerService {
 
     /// Finds the access point created with `token`: by the id a conflict named, else among
     /// access points with the same root directory.
+    /// The GIDs the access points of file system `fs` hold, for the allocator's view.
+    async fn used_gids(&self, fs: &str) -> Result<std::collections::BTreeSet<u32>> {
+        Ok(self
+            .inner
+            .cloud
+            .list_access_points(fs)
+            .await?
+            .into_iter()
+            .filter_map(|ap| ap.posix_user.map(|u| u.gid))
+            .collect())
+    }
+
     async fn find_by_token(
         &self,
         params: &ProvisionParams,

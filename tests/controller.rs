@@ -83,7 +83,14 @@ async fn delete_until_done(client: &mut ControllerClient<Channel>, volume_id: &s
 
 #[tokio::test]
 async fn storage_class_parameters_shape_the_access_point() {
-    let stack = ControllerStack::start(test_config(), &["--tags", "team=storage"]).await;
+    // onDelete: delete needs a data store.
+    let data = tempfile::tempdir().expect("tempdir");
+    let store = format!("local:{}", data.path().display());
+    let stack = ControllerStack::start(
+        test_config(),
+        &["--tags", "team=storage", "--data-store", &store],
+    )
+    .await;
     let mut client = ControllerClient::new(stack.plugin.channel().await);
     let mut req = request(
         &stack,
@@ -837,4 +844,63 @@ async fn calls_that_name_the_wrong_file_system_are_not_found() {
         .expect_err("validate");
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().len() <= 1024, "{}", err.message().len());
+}
+
+#[tokio::test]
+async fn a_volume_that_exists_is_created_again_when_its_gid_range_is_full() {
+    let mut stack = ControllerStack::start(test_config(), &[]).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let one = [("gidRangeStart", "60000"), ("gidRangeEnd", "60000")];
+    let a = create(&mut client, request(&stack, "pvc-full-a", &one)).await;
+    let full = client
+        .create_volume(request(&stack, "pvc-full-b", &one))
+        .await
+        .expect_err("the range holds one GID");
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    // csi-provisioner retries pvc-full-a after a controller restart: the learned view says the
+    // range is full, and the volume needs no new GID.
+    let args = ["controller", "--api-rate-limit", "0"];
+    stack.plugin = Plugin::start_with_env(&args, &emulator_env(&stack.emulator.url)).await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    assert_eq!(
+        create(&mut client, request(&stack, "pvc-full-a", &one)).await,
+        a
+    );
+    assert_eq!(stack.emulator.emulator.access_point_count(), 1);
+}
+
+#[tokio::test]
+async fn throttled_creates_that_made_nothing_hold_no_gid() {
+    let stack = ControllerStack::start(
+        test_config(),
+        &["--api-max-attempts", "1", "--api-retry-mode", "standard"],
+    )
+    .await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let range = [("gidRangeStart", "70000"), ("gidRangeEnd", "70001")];
+    create(&mut client, request(&stack, "pvc-thr-0", &range)).await;
+    let (status, body) = stack
+        .emulator
+        .admin(
+            "PUT",
+            "/_emulator/faults",
+            r#"{"operations":{"CreateAccessPoint":{"throttleRate":1.0}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for i in 1..=5 {
+        let err = client
+            .create_volume(request(&stack, &format!("pvc-thr-{i}"), &range))
+            .await
+            .expect_err("throttled");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    stack.emulator.admin("PUT", "/_emulator/faults", "{}").await;
+    // Two GIDs, one live access point: the second volume still fits.
+    create(&mut client, request(&stack, "pvc-thr-1", &range)).await;
+    let err = client
+        .create_volume(request(&stack, "pvc-thr-2", &range))
+        .await
+        .expect_err("now full");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
