@@ -359,6 +359,11 @@ pub struct EmulatorArgs {
     #[arg(long, default_value_t = 0.0, help_heading = "Fault injection")]
     pub error_rate: f64,
 
+    /// Fraction (0-1) of all calls applied and then answered with InternalServerException, as
+    /// if the answer had been lost.
+    #[arg(long, default_value_t = 0.0, help_heading = "Fault injection")]
+    pub drop_rate: f64,
+
     /// Milliseconds added to every call.
     #[arg(long, default_value_t = 0, help_heading = "Fault injection")]
     pub latency_ms: u64,

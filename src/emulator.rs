@@ -146,7 +146,13 @@ impl Emulator {
     ) -> Response {
         let result = match self.faults.before(op).await {
             Some(err) => Err(err),
-            None => self.execute(run),
+            // Applied (and journaled) first; then the answer may be lost.
+            None => self
+                .execute(run)
+                .and_then(|answer| match self.faults.after(op) {
+                    Some(lost) => Err(lost),
+                    None => Ok(answer),
+                }),
         };
         match result {
             Ok((status, body)) => {

@@ -427,6 +427,7 @@ fn emulator_config(args: EmulatorArgs) -> anyhow::Result<(EmulatorConfig, std::n
     let mut faults = FaultConfig::default();
     faults.default.throttle_rate = args.throttle_rate;
     faults.default.error_rate = args.error_rate;
+    faults.default.drop_rate = args.drop_rate;
     faults.default.latency_ms = args.latency_ms;
     for (op, rate) in args.rate_limit {
         let rate: f64 = rate

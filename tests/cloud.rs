@@ -347,3 +347,47 @@ async fn faults_change_at_run_time_through_the_admin_endpoint() {
     );
     emu.stop().await;
 }
+
+#[tokio::test]
+async fn a_dropped_answer_comes_after_the_call_was_applied() {
+    let emu = RunningEmulator::start(test_config()).await;
+    let cloud = emu.cloud();
+    let fs = file_system(&cloud, "bucket-dropped").await;
+    let (status, body) = emu
+        .admin(
+            "PUT",
+            "/_emulator/faults",
+            r#"{"operations":{"DeleteAccessPoint":{"dropRate":1.0}}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let ap = cloud
+        .create_access_point(&s3files_csi::cloud::NewAccessPoint {
+            file_system_id: fs.clone(),
+            client_token: "drop-1".into(),
+            posix_user: None,
+            root_path: Some("/drop-1".into()),
+            creation_permissions: None,
+            tags: vec![],
+        })
+        .await
+        .expect("not dropped");
+    cloud
+        .delete_access_point(&ap.id)
+        .await
+        .expect_err("the answer is lost");
+    emu.admin("PUT", "/_emulator/faults", "{}").await;
+    let err = cloud
+        .get_access_point(&ap.id)
+        .await
+        .expect_err("but the delete happened");
+    assert!(matches!(err, CloudError::NotFound(_)), "{err:?}");
+    let (status, _) = emu
+        .admin(
+            "PUT",
+            "/_emulator/faults",
+            r#"{"default":{"dropRate":1.5}}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "rates above 1 are refused");
+}

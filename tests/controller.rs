@@ -904,3 +904,46 @@ async fn throttled_creates_that_made_nothing_hold_no_gid() {
         .expect_err("now full");
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_lost_after_the_create_leave_no_duplicate_and_no_shared_gid() {
+    let mut config = test_config();
+    config.faults.operations.insert(
+        "CreateAccessPoint".into(),
+        FaultSpec {
+            drop_rate: 0.5,
+            ..Default::default()
+        },
+    );
+    let stack = ControllerStack::start(
+        config,
+        &[
+            "--api-retry-mode",
+            "standard",
+            "--api-initial-backoff",
+            "0.005",
+            "--api-max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let mut ids = HashSet::new();
+    for i in 0..20 {
+        let id =
+            create_until_done(&mut client, request(&stack, &format!("pvc-lost-{i}"), &[])).await;
+        assert!(ids.insert(id));
+    }
+    let listed = stack
+        .emulator
+        .cloud()
+        .list_access_points(&stack.fs_id)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 20, "one access point per volume");
+    let gids: HashSet<u32> = listed
+        .iter()
+        .filter_map(|ap| ap.posix_user.as_ref().map(|u| u.gid))
+        .collect();
+    assert_eq!(gids.len(), 20, "no two access points share a GID");
+}

@@ -2,7 +2,9 @@
 //!
 //! Each operation has a [`FaultSpec`] (the default, or an override for that operation): added
 //! latency, a token-bucket rate limit whose excess is answered with `ThrottlingException`, and
-//! random throttling and 5xx rates. Specs are set by flags at start-up and replaced at run time
+//! random throttling and 5xx rates, and a rate of calls that are applied but whose answer is lost
+//! (a 5xx after the change, as a timeout looks to the client). Specs are set by flags at start-up
+//! and replaced at run time
 //! through `PUT /_emulator/faults`. Every call is counted by operation and outcome, exposed in
 //! Prometheus text format at `/metrics`.
 
@@ -32,6 +34,9 @@ pub struct FaultSpec {
     pub latency_ms: u64,
     /// Calls per second allowed (token bucket, burst of one second); excess is throttled.
     pub rate_limit: Option<f64>,
+    /// Fraction (0 to 1) of calls that are applied and then answered with
+    /// InternalServerException, as if the answer had been lost on the way.
+    pub drop_rate: f64,
 }
 
 /// The whole fault configuration, as read and written by the admin endpoint.
@@ -50,6 +55,7 @@ impl FaultConfig {
             for (what, rate) in [
                 ("throttleRate", spec.throttle_rate),
                 ("errorRate", spec.error_rate),
+                ("dropRate", spec.drop_rate),
             ] {
                 if !(0.0..=1.0).contains(&rate) {
                     return Err(format!(
@@ -170,6 +176,24 @@ impl Faults {
             ));
         }
         None
+    }
+
+    /// After `op` was applied: the error to answer instead of its result, when its answer is
+    /// to be lost.
+    pub fn after(&self, op: &str) -> Option<ApiError> {
+        let rate = self
+            .config
+            .lock()
+            .map(|c| c.spec(op).drop_rate)
+            .unwrap_or_default();
+        let dropped = rate > 0.0 && self.rng.lock().is_ok_and(|mut rng| rng.f64() < rate);
+        dropped.then(|| {
+            ApiError::new(
+                ErrorKind::Internal,
+                "InternalFailure",
+                "the call was applied but its answer was lost (injected)",
+            )
+        })
     }
 
     fn admit(&self, op: &str, per_second: f64) -> bool {
