@@ -321,7 +321,7 @@ impl ControllerService {
             match self
                 .inner
                 .gids
-                .allocate(fs_id, params.ids.range, learn)
+                .allocate(fs_id, params.ids.range, &req.name, learn)
                 .await
             {
                 Ok(g) => (
@@ -429,8 +429,21 @@ impl ControllerService {
                         | CloudError::AccessDenied(_)
                         | CloudError::Throttled(_)
                 );
-                if let (true, Some(g)) = (definitive, allocated) {
-                    self.inner.gids.release(&params.file_system_id, g).await;
+                if let Some(g) = allocated {
+                    if definitive {
+                        self.inner
+                            .gids
+                            .forget(&params.file_system_id, &req.name)
+                            .await;
+                        self.inner.gids.release(&params.file_system_id, g).await;
+                    } else {
+                        // The retry sends the same request, which the service answers with
+                        // the access point if this call made it.
+                        self.inner
+                            .gids
+                            .remember(&params.file_system_id, &req.name, g)
+                            .await;
+                    }
                 }
                 return Err(match e {
                     CloudError::QuotaExceeded(m) => Error::ResourceExhausted(format!(
@@ -441,6 +454,12 @@ impl ControllerService {
                 });
             }
         };
+        if allocated.is_some() {
+            self.inner
+                .gids
+                .forget(&params.file_system_id, &req.name)
+                .await;
+        }
         // A volume of this name made for another request (access points of older versions
         // carry no digest and are taken as they are).
         if let Some((_, theirs)) = ap.tags.iter().find(|(k, _)| k == TAG_REQUEST)

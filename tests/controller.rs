@@ -946,4 +946,16 @@ async fn answers_lost_after_the_create_leave_no_duplicate_and_no_shared_gid() {
         .filter_map(|ap| ap.posix_user.as_ref().map(|u| u.gid))
         .collect();
     assert_eq!(gids.len(), 20, "no two access points share a GID");
+    // Each retry sent the request the lost call had (same GID), which the service answered with
+    // the access point it made: no search for it. Two listings in all: the controller's GID
+    // view and this test's own.
+    let (_, metrics) = stack.emulator.admin("GET", "/metrics", "").await;
+    let lists: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("s3files_emulator_calls_total{") && l.contains("\"ListAccessPoints\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(lists, 2, "{metrics}");
 }

@@ -13,8 +13,9 @@
 //! - created: the GID is used (the listing will show it from now on);
 //! - refused before anything was made (validation, quota, throttling, access denied): the GID is
 //!   released at once ([`GidAllocator::release`]);
-//! - outcome unknown (a timeout, a 5xx): the GID stays used until the next relearn, which keeps
-//!   it if the access point exists and drops it otherwise.
+//! - outcome unknown (a timeout, a 5xx): the GID stays used and is remembered for that volume
+//!   ([`GidAllocator::remember`]), so the retry sends the same request (which the service then
+//!   answers idempotently) instead of drawing another GID.
 //!
 //! A range that looks full is relearned once before the answer is "exhausted" (at most every
 //! [`EXHAUSTED_RELEARN_EVERY`]), so GIDs held for calls that made nothing are not lost until the
@@ -37,6 +38,8 @@ struct FsGids {
     /// StorageClass can be in flight for several volumes).
     in_flight: HashMap<u32, usize>,
     learned_at: Option<Instant>,
+    /// GIDs of creates whose outcome is unknown, by volume name, for their retries.
+    remembered: HashMap<String, u32>,
 }
 
 impl FsGids {
@@ -54,6 +57,7 @@ impl FsGids {
     fn relearned(&mut self, listed: BTreeSet<u32>) {
         let mut used = listed;
         used.extend(self.in_flight.keys().copied());
+        used.extend(self.remembered.values().copied());
         self.used = used;
         self.learned_at = Some(Instant::now());
     }
@@ -81,10 +85,12 @@ impl GidAllocator {
     /// Reserves the lowest free GID in `range` (inclusive) on file system `fs`, in flight until
     /// [`GidAllocator::settled`]. `learn` lists the GIDs the file system's access points hold;
     /// it is called when the view is missing or stale, and once more when the range looks full.
+    /// A retry of `volume` after a create of unknown outcome gets the GID it had.
     pub async fn allocate<F, Fut>(
         &self,
         fs: &str,
         range: (u32, u32),
+        volume: &str,
         learn: F,
     ) -> Result<u32, Error>
     where
@@ -93,6 +99,13 @@ impl GidAllocator {
     {
         let entry = self.entry(fs);
         let mut gids = entry.lock().await;
+        if let Some(&gid) = gids.remembered.get(volume)
+            && (range.0..=range.1).contains(&gid)
+        {
+            gids.used.insert(gid);
+            *gids.in_flight.entry(gid).or_default() += 1;
+            return Ok(gid);
+        }
         let stale = gids.learned_at.is_none_or(|t| t.elapsed() >= self.refresh);
         if stale {
             let listed = learn().await?;
@@ -133,6 +146,21 @@ impl GidAllocator {
                 gids.in_flight.remove(&gid);
             }
         }
+    }
+
+    /// The create of `volume` with `gid` ended without knowing whether it made the access point:
+    /// its retry is to use the same GID.
+    pub async fn remember(&self, fs: &str, volume: &str, gid: u32) {
+        self.entry(fs)
+            .lock()
+            .await
+            .remembered
+            .insert(volume.to_owned(), gid);
+    }
+
+    /// The create of `volume` has an outcome now (made, adopted, or refused).
+    pub async fn forget(&self, fs: &str, volume: &str) {
+        self.entry(fs).lock().await.remembered.remove(volume);
     }
 
     /// Marks `gid` used (an existing access point was adopted, or one was created elsewhere).
@@ -182,12 +210,12 @@ mod tests {
         let alloc = GidAllocator::new(Duration::ZERO);
         let listing = Listing::default();
         let first = alloc
-            .allocate("fs", RANGE, || listing.learn())
+            .allocate("fs", RANGE, "v1", || listing.learn())
             .await
             .expect("gid");
         // The first create is still in flight (its access point not listed yet).
         let second = alloc
-            .allocate("fs", RANGE, || listing.learn())
+            .allocate("fs", RANGE, "v2", || listing.learn())
             .await
             .expect("gid");
         assert_ne!(first, second, "the relearn dropped an in-flight GID");
@@ -196,7 +224,7 @@ mod tests {
         listing.create(second);
         alloc.settled("fs", second).await;
         let third = alloc
-            .allocate("fs", RANGE, || listing.learn())
+            .allocate("fs", RANGE, "v3", || listing.learn())
             .await
             .expect("gid");
         assert!(third != first && third != second);
@@ -211,7 +239,7 @@ mod tests {
             let (alloc, listing) = (alloc.clone(), listing.clone());
             tasks.push(tokio::spawn(async move {
                 let gid = alloc
-                    .allocate("fs", RANGE, || listing.learn())
+                    .allocate("fs", RANGE, &format!("v{i}"), || listing.learn())
                     .await
                     .expect("gid");
                 // Creates take different times and settle in another order.
@@ -234,7 +262,7 @@ mod tests {
         let listing = Listing::default();
         let one = (7, 7);
         let gid = alloc
-            .allocate("fs", one, || listing.learn())
+            .allocate("fs", one, "v", || listing.learn())
             .await
             .expect("gid");
         assert_eq!(gid, 7, "a one-GID range works");
@@ -243,7 +271,7 @@ mod tests {
         alloc.release("fs", gid).await;
         assert_eq!(
             alloc
-                .allocate("fs", one, || listing.learn())
+                .allocate("fs", one, "v", || listing.learn())
                 .await
                 .expect("again"),
             7
@@ -256,7 +284,7 @@ mod tests {
         let listing = Listing::default();
         let one = (7, 7);
         let gid = alloc
-            .allocate("fs", one, || listing.learn())
+            .allocate("fs", one, "v", || listing.learn())
             .await
             .expect("gid");
         // A timeout: unknown whether the access point exists, so the GID stays used...
@@ -264,7 +292,7 @@ mod tests {
         // ...until a relearn shows it does not. The first attempt relearns at most every 10 s,
         // so at once after the learn it is exhausted:
         let err = alloc
-            .allocate("fs", one, || listing.learn())
+            .allocate("fs", one, "v", || listing.learn())
             .await
             .expect_err("full");
         assert!(err.to_string().contains("no free GID in 7-7"), "{err}");
@@ -277,7 +305,7 @@ mod tests {
         }
         assert_eq!(
             alloc
-                .allocate("fs", one, || listing.learn())
+                .allocate("fs", one, "v", || listing.learn())
                 .await
                 .expect("freed"),
             7
@@ -290,7 +318,43 @@ mod tests {
             let entry = alloc.entry("fs");
             entry.lock().await.learned_at = Some(Instant::now() - EXHAUSTED_RELEARN_EVERY);
         }
-        assert!(alloc.allocate("fs", one, || listing.learn()).await.is_err());
+        assert!(
+            alloc
+                .allocate("fs", one, "v", || listing.learn())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_an_unknown_outcome_gets_the_same_gid_through_relearns() {
+        let alloc = GidAllocator::new(Duration::ZERO);
+        let listing = Listing::default();
+        let gid = alloc
+            .allocate("fs", RANGE, "pvc-a", || listing.learn())
+            .await
+            .expect("gid");
+        alloc.settled("fs", gid).await;
+        alloc.remember("fs", "pvc-a", gid).await;
+        // Another volume, with a relearn that does not list it: the GID is not handed out.
+        let other = alloc
+            .allocate("fs", RANGE, "pvc-b", || listing.learn())
+            .await
+            .expect("gid");
+        assert_ne!(other, gid);
+        let again = alloc
+            .allocate("fs", RANGE, "pvc-a", || listing.learn())
+            .await
+            .expect("gid");
+        assert_eq!(again, gid, "the retry sends the same request");
+        alloc.settled("fs", again).await;
+        alloc.forget("fs", "pvc-a").await;
+        listing.create(gid);
+        let third = alloc
+            .allocate("fs", RANGE, "pvc-c", || listing.learn())
+            .await
+            .expect("gid");
+        assert!(third != gid && third != other);
     }
 
     #[tokio::test]
@@ -298,12 +362,12 @@ mod tests {
         let alloc = GidAllocator::new(Duration::from_secs(900));
         let listing = Listing::default();
         let gid = alloc
-            .allocate("fs", RANGE, || listing.learn())
+            .allocate("fs", RANGE, "v4", || listing.learn())
             .await
             .expect("gid");
         alloc.release("fs", gid).await;
         let next = alloc
-            .allocate("fs", RANGE, || listing.learn())
+            .allocate("fs", RANGE, "v5", || listing.learn())
             .await
             .expect("gid");
         assert_ne!(gid, next, "still in flight: not free");
