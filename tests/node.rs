@@ -85,6 +85,30 @@ impl Node {
         }
     }
 
+    /// A second plugin over the same state directory and helper, as after a restart (only the
+    /// basic flags: no zone from Kubernetes, no extra settings).
+    async fn restarted(&self) -> (Plugin, NodeClient<Channel>) {
+        let state = self.dir.path().join("state").display().to_string();
+        let helper = self.dir.path().join("mount.s3files").display().to_string();
+        let fresh = Plugin::start_with_env(
+            &[
+                "node",
+                "--node-id",
+                "node-1",
+                "--zone-id",
+                "use1-az1",
+                "--mount-helper",
+                &helper,
+                "--state-dir",
+                &state,
+            ],
+            &[("HELPER_LOG", self.log.display().to_string())],
+        )
+        .await;
+        let client = NodeClient::new(fresh.channel().await);
+        (fresh, client)
+    }
+
     fn target(&self, name: &str) -> PathBuf {
         let pod = self.dir.path().join("pods").join(name);
         std::fs::create_dir_all(&pod).expect("pod dir");
@@ -200,24 +224,7 @@ async fn publish_is_idempotent_across_a_plugin_restart() {
         ))
         .await
         .expect("publish");
-    let state_arg = node.dir.path().join("state").display().to_string();
-    let helper = node.dir.path().join("mount.s3files").display().to_string();
-    let fresh = Plugin::start_with_env(
-        &[
-            "node",
-            "--node-id",
-            "node-1",
-            "--zone-id",
-            "use1-az1",
-            "--mount-helper",
-            &helper,
-            "--state-dir",
-            &state_arg,
-        ],
-        &[("HELPER_LOG", node.log.display().to_string())],
-    )
-    .await;
-    let mut client = NodeClient::new(fresh.channel().await);
+    let (_fresh, mut client) = node.restarted().await;
     client
         .node_publish_volume(publish(
             &target,
@@ -1207,24 +1214,7 @@ async fn read_write_once_pod_allows_one_target_on_the_node_even_across_a_restart
         .expect("unpublish b");
 
     // A restarted plugin knows from its records and the mount table.
-    let state = node.dir.path().join("state").display().to_string();
-    let helper = node.dir.path().join("mount.s3files").display().to_string();
-    let fresh = Plugin::start_with_env(
-        &[
-            "node",
-            "--node-id",
-            "node-1",
-            "--zone-id",
-            "use1-az1",
-            "--mount-helper",
-            &helper,
-            "--state-dir",
-            &state,
-        ],
-        &[("HELPER_LOG", node.log.display().to_string())],
-    )
-    .await;
-    let mut client = NodeClient::new(fresh.channel().await);
+    let (_fresh, mut client) = node.restarted().await;
     let err = client
         .node_publish_volume(publish(&b, &volume, sssw, false, &[]))
         .await
