@@ -1092,10 +1092,17 @@ async fn mounts_beyond_the_proxy_memory_budget_lose_cache_then_direct_reads_then
         "250",
     ])
     .await;
-    assert!(
-        std::fs::read_to_string(config_dir.join("s3files-utils.conf"))
-            .expect("config written")
-            .contains("readahead_cache_max_memory_size_mb=64")
+    // The file as efs-utils reads it: with Python's configparser.
+    let read = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import configparser, sys; c = configparser.ConfigParser(); c.read_file(open(sys.argv[1])); print(c.get('proxy', 'readahead_cache_max_memory_size_mb'))")
+        .arg(config_dir.join("s3files-utils.conf"))
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&read.stdout).trim(),
+        "64",
+        "{read:?}"
     );
     let volume = format!("s3files:{FS}::{AP}");
     let mut targets = Vec::new();
