@@ -3,9 +3,15 @@
 //! Configuration comes from the standard AWS sources (`aws-config`): region, the default
 //! credential chain (environment, IRSA web identity, EKS Pod Identity, instance profile) and
 //! the standard endpoint settings `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3FILES`, which is how
-//! every component is pointed at the emulator. Calls use the SDK's adaptive retry mode, and an
-//! optional client-side token bucket spaces calls out so a burst of volumes does not become a
-//! throttling storm.
+//! every component is pointed at the emulator.
+//!
+//! Every attempt of every call, retries included, goes through one pacer: callers queue in
+//! arrival order (a fair mutex) for a token of the client-side rate limit, so `--api-rate-limit`
+//! bounds what the service sees and no volume's calls are starved by others'. The SDK's own
+//! retries are off; [`AwsS3Files`] retries throttled and transient failures itself (exponential
+//! backoff with jitter, `backon`), each retry paced like a first attempt. In adaptive mode a run
+//! of throttled answers also holds every call back for one initial backoff, so a service whose
+//! limit is below the client's is not hammered; isolated throttles slow only their own call.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -17,6 +23,7 @@ use aws_sdk_s3files::Client;
 use aws_sdk_s3files::config::http::HttpResponse;
 use aws_sdk_s3files::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3files::types;
+use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use super::*;
@@ -28,13 +35,13 @@ pub struct ClientOptions {
     pub region: Option<String>,
     /// Overrides `AWS_ENDPOINT_URL_S3FILES` / `AWS_ENDPOINT_URL`.
     pub endpoint_url: Option<String>,
-    /// Attempts per call, including the first (SDK adaptive retry).
+    /// Attempts per call, including the first.
     pub max_attempts: u32,
     /// First retry backoff; later ones grow exponentially with jitter.
     pub initial_backoff: Duration,
     /// Client-side limit in calls per second across all operations; `None` for no limit.
     pub rate_limit: Option<f64>,
-    /// Adaptive retry (the SDK also slows itself down after throttles); else standard retry.
+    /// Adaptive: a run of throttles also holds every call back; else each call only backs off.
     pub adaptive: bool,
 }
 
@@ -51,25 +58,41 @@ impl Default for ClientOptions {
     }
 }
 
+/// How failed attempts are retried.
+#[derive(Clone, Copy, Debug)]
+struct Retries {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    adaptive: bool,
+}
+
+/// Throttled answers in a row that make an adaptive client hold every call back.
+const THROTTLE_RUN: u32 = 3;
+
+/// The pacing every attempt goes through.
+struct Pacer {
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Waiters line up here in arrival order (tokio's mutex is fair).
+    queue: tokio::sync::Mutex<()>,
+    /// Set by a run of throttles in adaptive mode: nothing is sent before it.
+    hold_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    throttled_in_a_row: std::sync::atomic::AtomicU32,
+}
+
 /// The SDK-backed client.
 #[derive(Clone)]
 pub struct AwsS3Files {
     client: Client,
-    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    pacer: Arc<Pacer>,
+    retries: Retries,
 }
 
 impl AwsS3Files {
     /// Loads the standard AWS configuration, with `options` on top.
     pub async fn from_env(options: &ClientOptions) -> Self {
-        let retry = if options.adaptive {
-            RetryConfig::adaptive()
-        } else {
-            RetryConfig::standard()
-        };
-        let retry = retry
-            .with_max_attempts(options.max_attempts.max(1))
-            .with_initial_backoff(options.initial_backoff);
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).retry_config(retry);
+        // Retries are ours (paced); the SDK makes one attempt per call.
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
         if let Some(region) = &options.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -77,7 +100,13 @@ impl AwsS3Files {
             loader = loader.endpoint_url(url.clone());
         }
         let sdk = loader.load().await;
-        Self::new(Client::new(&sdk), options.rate_limit)
+        let mut client = Self::new(Client::new(&sdk), options.rate_limit);
+        client.retries = Retries {
+            max_attempts: options.max_attempts.max(1),
+            initial_backoff: options.initial_backoff,
+            adaptive: options.adaptive,
+        };
+        client
     }
 
     /// Wraps an existing SDK client.
@@ -89,15 +118,84 @@ impl AwsS3Files {
                 let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
                     .unwrap_or(Quota::per_second(burst))
                     .allow_burst(burst);
-                Arc::new(RateLimiter::direct(quota))
+                RateLimiter::direct(quota)
             });
-        AwsS3Files { client, limiter }
+        AwsS3Files {
+            client,
+            pacer: Arc::new(Pacer {
+                limiter,
+                queue: tokio::sync::Mutex::new(()),
+                hold_until: std::sync::Mutex::new(None),
+                throttled_in_a_row: std::sync::atomic::AtomicU32::new(0),
+            }),
+            // An SDK client built elsewhere keeps its own retry settings: one attempt here.
+            retries: Retries {
+                max_attempts: 1,
+                initial_backoff: Duration::from_secs(1),
+                adaptive: false,
+            },
+        }
     }
 
+    /// Waits for this attempt's turn: after the callers before it, after any adaptive hold,
+    /// and for a token of the rate limit.
     async fn pace(&self) {
-        if let Some(limiter) = &self.limiter {
+        let _turn = self.pacer.queue.lock().await;
+        let hold = *self
+            .pacer
+            .hold_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = hold {
+            tokio::time::sleep_until(until).await;
+        }
+        if let Some(limiter) = &self.pacer.limiter {
             limiter.until_ready().await;
         }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the attempts are spent; every
+    /// attempt paced. Throttled and transient failures are retried.
+    async fn attempts<T, F, Fut>(&self, attempt: F) -> Result<T, CloudError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, CloudError>>,
+    {
+        let Retries {
+            max_attempts,
+            initial_backoff,
+            adaptive,
+        } = self.retries;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(initial_backoff)
+            .with_max_delay(Duration::from_secs(20))
+            .with_max_times((max_attempts - 1) as usize)
+            .with_jitter();
+        let (this, attempt) = (self, &attempt);
+        let pacer = &self.pacer;
+        (move || async move {
+            this.pace().await;
+            let result = attempt().await;
+            use std::sync::atomic::Ordering;
+            match &result {
+                Err(CloudError::Throttled(_)) => {
+                    let run = pacer.throttled_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
+                    if adaptive && run >= THROTTLE_RUN {
+                        let until = tokio::time::Instant::now() + initial_backoff;
+                        let mut hold = pacer.hold_until.lock().unwrap_or_else(|p| p.into_inner());
+                        *hold = Some(hold.map_or(until, |h| h.max(until)));
+                    }
+                }
+                _ => {
+                    pacer.throttled_in_a_row.store(0, Ordering::SeqCst);
+                }
+            }
+            result
+        })
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, CloudError::Throttled(_) | CloudError::Transient(_)))
+        .await
     }
 }
 
@@ -235,14 +333,16 @@ macro_rules! file_system_from {
 #[tonic::async_trait]
 impl S3Files for AwsS3Files {
     async fn get_file_system(&self, id: &str) -> Result<FileSystem, CloudError> {
-        self.pace().await;
         let out = self
-            .client
-            .get_file_system()
-            .file_system_id(id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("GetFileSystem", e))?;
+            .attempts(|| async {
+                self.client
+                    .get_file_system()
+                    .file_system_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("GetFileSystem", e))
+            })
+            .await?;
         Ok(file_system_from!(&out))
     }
 
@@ -253,16 +353,18 @@ impl S3Files for AwsS3Files {
         let mut all = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            self.pace().await;
             let out = self
-                .client
-                .list_mount_targets()
-                .file_system_id(file_system_id)
-                .max_results(100)
-                .set_next_token(token)
-                .send()
-                .await
-                .map_err(|e| cloud_error("ListMountTargets", e))?;
+                .attempts(|| async {
+                    self.client
+                        .list_mount_targets()
+                        .file_system_id(file_system_id)
+                        .max_results(100)
+                        .set_next_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|e| cloud_error("ListMountTargets", e))
+                })
+                .await?;
             all.extend(out.mount_targets().iter().map(mount_target));
             match out.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
@@ -303,33 +405,36 @@ impl S3Files for AwsS3Files {
                 .set_creation_permissions(perms)
                 .build()
         });
-        self.pace().await;
         let out = self
-            .client
-            .create_access_point()
-            .file_system_id(&new.file_system_id)
-            .client_token(&new.client_token)
-            .set_posix_user(posix)
-            .set_root_directory(root_directory)
-            .set_tags(sdk_tags(&new.tags)?)
-            .send()
-            .await
-            .map_err(|e| {
-                // Keep the id of the access point a conflicting token already names.
-                let resource_id = match &e {
-                    SdkError::ServiceError(s) => match s.err() {
-                        aws_sdk_s3files::operation::create_access_point::CreateAccessPointError::ConflictException(c) => {
-                            c.resource_id().map(str::to_owned)
-                        }
+            .attempts(|| async {
+                self
+                .client
+                .create_access_point()
+                .file_system_id(&new.file_system_id)
+                .client_token(&new.client_token)
+                .set_posix_user(posix.clone())
+                .set_root_directory(root_directory.clone())
+                .set_tags(sdk_tags(&new.tags)?)
+                .send()
+                .await
+                .map_err(|e| {
+                    // Keep the id of the access point a conflicting token already names.
+                    let resource_id = match &e {
+                        SdkError::ServiceError(s) => match s.err() {
+                            aws_sdk_s3files::operation::create_access_point::CreateAccessPointError::ConflictException(c) => {
+                                c.resource_id().map(str::to_owned)
+                            }
+                            _ => None,
+                        },
                         _ => None,
-                    },
-                    _ => None,
-                };
-                match cloud_error("CreateAccessPoint", e) {
-                    CloudError::Conflict { message, .. } => CloudError::Conflict { message, resource_id },
-                    other => other,
-                }
-            })?;
+                    };
+                    match cloud_error("CreateAccessPoint", e) {
+                        CloudError::Conflict { message, .. } => CloudError::Conflict { message, resource_id },
+                        other => other,
+                    }
+                })
+            })
+            .await?;
         Ok(access_point_from!(
             &out,
             Some(out.client_token().to_owned()),
@@ -338,14 +443,16 @@ impl S3Files for AwsS3Files {
     }
 
     async fn get_access_point(&self, id: &str) -> Result<AccessPoint, CloudError> {
-        self.pace().await;
         let out = self
-            .client
-            .get_access_point()
-            .access_point_id(id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("GetAccessPoint", e))?;
+            .attempts(|| async {
+                self.client
+                    .get_access_point()
+                    .access_point_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("GetAccessPoint", e))
+            })
+            .await?;
         Ok(access_point_from!(
             &out,
             Some(out.client_token().to_owned()),
@@ -358,16 +465,18 @@ impl S3Files for AwsS3Files {
         file_system_id: &str,
         next_token: Option<String>,
     ) -> Result<(Vec<AccessPoint>, Option<String>), CloudError> {
-        self.pace().await;
         let out = self
-            .client
-            .list_access_points()
-            .file_system_id(file_system_id)
-            .max_results(1000)
-            .set_next_token(next_token)
-            .send()
-            .await
-            .map_err(|e| cloud_error("ListAccessPoints", e))?;
+            .attempts(|| async {
+                self.client
+                    .list_access_points()
+                    .file_system_id(file_system_id)
+                    .max_results(1000)
+                    .set_next_token(next_token.clone())
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("ListAccessPoints", e))
+            })
+            .await?;
         let page = out
             .access_points()
             .iter()
@@ -381,29 +490,33 @@ impl S3Files for AwsS3Files {
     }
 
     async fn delete_access_point(&self, id: &str) -> Result<(), CloudError> {
-        self.pace().await;
-        self.client
-            .delete_access_point()
-            .access_point_id(id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("DeleteAccessPoint", e))?;
+        self.attempts(|| async {
+            self.client
+                .delete_access_point()
+                .access_point_id(id)
+                .send()
+                .await
+                .map_err(|e| cloud_error("DeleteAccessPoint", e))
+        })
+        .await?;
         Ok(())
     }
 
     async fn create_file_system(&self, new: &NewFileSystem) -> Result<FileSystem, CloudError> {
-        self.pace().await;
         let out = self
-            .client
-            .create_file_system()
-            .bucket(&new.bucket_arn)
-            .set_prefix(new.prefix.clone())
-            .role_arn(&new.role_arn)
-            .set_client_token(new.client_token.clone())
-            .set_tags(sdk_tags(&new.tags)?)
-            .send()
-            .await
-            .map_err(|e| cloud_error("CreateFileSystem", e))?;
+            .attempts(|| async {
+                self.client
+                    .create_file_system()
+                    .bucket(&new.bucket_arn)
+                    .set_prefix(new.prefix.clone())
+                    .role_arn(&new.role_arn)
+                    .set_client_token(new.client_token.clone())
+                    .set_tags(sdk_tags(&new.tags)?)
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("CreateFileSystem", e))
+            })
+            .await?;
         Ok(file_system_from!(&out))
     }
 
@@ -412,15 +525,17 @@ impl S3Files for AwsS3Files {
         file_system_id: &str,
         subnet_id: &str,
     ) -> Result<MountTarget, CloudError> {
-        self.pace().await;
         let o = self
-            .client
-            .create_mount_target()
-            .file_system_id(file_system_id)
-            .subnet_id(subnet_id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("CreateMountTarget", e))?;
+            .attempts(|| async {
+                self.client
+                    .create_mount_target()
+                    .file_system_id(file_system_id)
+                    .subnet_id(subnet_id)
+                    .send()
+                    .await
+                    .map_err(|e| cloud_error("CreateMountTarget", e))
+            })
+            .await?;
         Ok(MountTarget {
             id: o.mount_target_id().to_owned(),
             file_system_id: o.file_system_id().unwrap_or_default().to_owned(),
@@ -435,35 +550,119 @@ impl S3Files for AwsS3Files {
     }
 
     async fn delete_mount_target(&self, id: &str) -> Result<(), CloudError> {
-        self.pace().await;
-        self.client
-            .delete_mount_target()
-            .mount_target_id(id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("DeleteMountTarget", e))?;
+        self.attempts(|| async {
+            self.client
+                .delete_mount_target()
+                .mount_target_id(id)
+                .send()
+                .await
+                .map_err(|e| cloud_error("DeleteMountTarget", e))
+        })
+        .await?;
         Ok(())
     }
 
     async fn delete_file_system(&self, id: &str) -> Result<(), CloudError> {
-        self.pace().await;
-        self.client
-            .delete_file_system()
-            .file_system_id(id)
-            .send()
-            .await
-            .map_err(|e| cloud_error("DeleteFileSystem", e))?;
+        self.attempts(|| async {
+            self.client
+                .delete_file_system()
+                .file_system_id(id)
+                .send()
+                .await
+                .map_err(|e| cloud_error("DeleteFileSystem", e))
+        })
+        .await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<(), CloudError> {
-        self.pace().await;
-        self.client
-            .list_file_systems()
-            .max_results(1)
-            .send()
-            .await
-            .map_err(|e| cloud_error("ListFileSystems", e))?;
+        self.attempts(|| async {
+            self.client
+                .list_file_systems()
+                .max_results(1)
+                .send()
+                .await
+                .map_err(|e| cloud_error("ListFileSystems", e))
+        })
+        .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn client(rate: Option<f64>, attempts: u32, adaptive: bool) -> AwsS3Files {
+        let config = aws_sdk_s3files::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build();
+        let mut c = AwsS3Files::new(Client::from_conf(config), rate);
+        c.retries = Retries {
+            max_attempts: attempts,
+            initial_backoff: Duration::from_millis(1),
+            adaptive,
+        };
+        c
+    }
+
+    #[tokio::test]
+    async fn retries_take_tokens_of_the_rate_limit_like_first_attempts() {
+        // 4 calls per second, a burst of 4: eight attempts cannot take less than a second.
+        let c = client(Some(4.0), 8, false);
+        let calls = AtomicU32::new(0);
+        let started = std::time::Instant::now();
+        let answer = c
+            .attempts(|| async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    n if n < 7 => Err(CloudError::Throttled("slow down".into())),
+                    n => Ok(n),
+                }
+            })
+            .await;
+        assert_eq!(answer.expect("the eighth attempt succeeds"), 7);
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "{:?}: retries went past the limit",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn only_throttled_and_transient_failures_are_retried_and_attempts_are_bounded() {
+        let c = client(None, 3, false);
+        for (error, expected) in [
+            (CloudError::Throttled("t".into()), 3),
+            (CloudError::Transient("5xx".into()), 3),
+            (CloudError::Validation("bad".into()), 1),
+            (CloudError::NotFound("gone".into()), 1),
+        ] {
+            let calls = AtomicU32::new(0);
+            let err = c
+                .attempts(|| async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err::<(), _>(error.clone())
+                })
+                .await
+                .expect_err("fails");
+            assert_eq!(calls.load(Ordering::SeqCst), expected, "{err:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_of_throttles_holds_every_call_in_adaptive_mode_only() {
+        for adaptive in [false, true] {
+            let c = client(None, THROTTLE_RUN, adaptive);
+            let _ = c
+                .attempts(|| async { Err::<(), _>(CloudError::Throttled("t".into())) })
+                .await;
+            let held = c.pacer.hold_until.lock().expect("lock").is_some();
+            assert_eq!(held, adaptive);
+            // A success ends the run.
+            c.attempts(|| async { Ok(()) }).await.expect("ok");
+            assert_eq!(c.pacer.throttled_in_a_row.load(Ordering::SeqCst), 0);
+        }
     }
 }
