@@ -286,6 +286,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let create_secs = start.elapsed().as_secs_f64();
     let create_calls = calls(&emu, |_| true) - before_calls;
+    // GIDs held by more than one of the volumes' access points (must be 0).
+    let mut seen = std::collections::HashMap::new();
+    for ap in cloud.list_access_points(&fs.id).await? {
+        let ours = ap
+            .root_path
+            .as_deref()
+            .is_some_and(|p| p.starts_with("/pvc-bench-"));
+        if let (true, Some(u)) = (ours, ap.posix_user) {
+            *seen.entry(u.gid).or_insert(0usize) += 1;
+        }
+    }
+    let collisions: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
     let create_throttles = calls(&emu, |o| o == "ThrottlingException") - before_throttles;
 
     let start = Instant::now();
@@ -344,10 +356,20 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.99).as_secs_f64() * 1e3
     );
     println!(
+        "CreateVolume latency max         {:>10.1} ms",
+        latencies.last().map_or(0.0, |l| l.as_secs_f64() * 1e3)
+    );
+    println!(
         "API calls per CreateVolume       {:>10.3} (incl. {} throttled answers)",
         create_calls as f64 / a.volumes as f64,
         create_throttles
     );
+    println!(
+        "achieved API rate                {:>10.1} calls/s ({:.2} of the controller's limit)",
+        create_calls as f64 / create_secs,
+        create_calls as f64 / create_secs / a.rate
+    );
+    println!("GID collisions found             {:>10}", collisions);
     println!("CreateVolume failures            {:>10}", failures);
     println!(
         "DeleteVolume rate                {:>10.1} volumes/s, {} failures",
