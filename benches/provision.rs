@@ -4,7 +4,10 @@
 //! API calls per CreateVolume (from the emulator's counters), and the achieved rate as a ratio
 //! of the limit, next to a baseline of raw SDK CreateAccessPoint calls in the same run.
 //!
-//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000]`
+//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000] [--ready-after 0]`
+//!
+//! `--ready-after S` keeps new access points `creating` for S seconds, so CreateVolume polls for
+//! readiness as it does against the service.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +26,7 @@ struct Args {
     concurrency: usize,
     rate: f64,
     existing: usize,
+    ready_after: f64,
 }
 
 fn args() -> Args {
@@ -31,6 +35,7 @@ fn args() -> Args {
         concurrency: 16,
         rate: 50.0,
         existing: 5000,
+        ready_after: 0.0,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -41,6 +46,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
             "--rate" => a.rate = value.parse().expect("--rate CALLS_PER_SECOND"),
             "--existing" => a.existing = value.parse().expect("--existing N"),
+            "--ready-after" => a.ready_after = value.parse().expect("--ready-after SECONDS"),
             _ => {
                 i += 1;
                 continue;
@@ -96,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let a = args();
     let dir = tempfile::tempdir()?;
     let mut settings = Settings::for_region("us-east-1");
+    // Pre-existing access points are made at once; the measured ones wait `ready_after`.
     settings.ready_after = 0.0;
     settings.max_access_points_per_file_system = a.existing + a.volumes + 10;
     settings
@@ -208,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         },
         operations: Default::default(),
     });
+    emu.set_ready_after(a.ready_after);
 
     // The controller, as deployed: the real binary on a unix socket.
     let socket = dir.path().join("csi.sock");
@@ -336,8 +344,8 @@ async fn main() -> anyhow::Result<()> {
         a.volumes, a.concurrency, a.existing
     );
     println!(
-        "emulated API rate limit          {:>10.1} calls/s per operation",
-        a.rate
+        "emulated API rate limit          {:>10.1} calls/s per operation; access points ready after {} s",
+        a.rate, a.ready_after
     );
     println!(
         "baseline raw CreateAccessPoint   {:>10.1} calls/s ({:.2} of the limit)",
