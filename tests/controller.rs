@@ -17,6 +17,18 @@ use s3files_csi::volume::VolumeHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// Retry flags that keep fault tests fast: standard mode, 5 ms first backoff, `attempts`.
+fn quick_retries(attempts: &str) -> [&str; 6] {
+    [
+        "--api-retry-mode",
+        "standard",
+        "--api-initial-backoff",
+        "0.005",
+        "--api-max-attempts",
+        attempts,
+    ]
+}
+
 fn request(
     stack: &ControllerStack,
     name: &str,
@@ -287,18 +299,7 @@ async fn faults_leave_no_duplicate_and_no_leaked_access_point() {
         error_rate: 0.05,
         ..Default::default()
     };
-    let stack = ControllerStack::start(
-        config,
-        &[
-            "--api-retry-mode",
-            "standard",
-            "--api-initial-backoff",
-            "0.005",
-            "--api-max-attempts",
-            "3",
-        ],
-    )
-    .await;
+    let stack = ControllerStack::start(config, &quick_retries("3")).await;
     let channel = stack.plugin.channel().await;
     let workers = 8;
     let per_worker = 500 / workers + 1;
@@ -915,18 +916,7 @@ async fn answers_lost_after_the_create_leave_no_duplicate_and_no_shared_gid() {
             ..Default::default()
         },
     );
-    let stack = ControllerStack::start(
-        config,
-        &[
-            "--api-retry-mode",
-            "standard",
-            "--api-initial-backoff",
-            "0.005",
-            "--api-max-attempts",
-            "1",
-        ],
-    )
-    .await;
+    let stack = ControllerStack::start(config, &quick_retries("1")).await;
     let mut client = ControllerClient::new(stack.plugin.channel().await);
     let mut ids = HashSet::new();
     for i in 0..20 {
