@@ -113,6 +113,40 @@ pub struct ControllerArgs {
     /// through the S3 API) or `local:DIR` (bucket directories under DIR, for the emulator).
     #[arg(long, env = "S3FILES_DATA_STORE", help_heading = "Provisioning")]
     pub data_store: Option<String>,
+
+    /// csi-provisioner's leader Lease, NAMESPACE or NAMESPACE/NAME (the name defaults to the
+    /// one csi-provisioner derives from --driver-name). With it, GIDs drawn in a settled
+    /// leadership term need no verification; without it, every new access point's GID is
+    /// checked against a listing before the volume is returned.
+    #[arg(long, value_parser = parse_lease, help_heading = "Provisioning")]
+    pub leader_lease: Option<(String, Option<String>)>,
+
+    /// Seconds after a leadership term begins during which new GIDs are still verified: the
+    /// longest a create of the previous leader can take to land.
+    #[arg(long, default_value = "120", value_parser = parse_seconds, help_heading = "Provisioning")]
+    pub gid_settle: Duration,
+}
+
+/// `NAMESPACE` or `NAMESPACE/NAME`, both DNS labels/subdomains as Kubernetes names them.
+fn parse_lease(s: &str) -> Result<(String, Option<String>), String> {
+    let (ns, name) = match s.split_once('/') {
+        Some((ns, name)) => (ns, Some(name)),
+        None => (s, None),
+    };
+    let label = |v: &str| {
+        !v.is_empty()
+            && v.len() <= 253
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && !v.starts_with(['-', '.'])
+            && !v.ends_with(['-', '.'])
+    };
+    if !label(ns) || name.is_some_and(|n| !label(n)) {
+        return Err(format!(
+            "{s:?} is not NAMESPACE or NAMESPACE/NAME (lower-case letters, digits, '-' and '.')"
+        ));
+    }
+    Ok((ns.to_owned(), name.map(str::to_owned)))
 }
 
 /// How the driver reaches the S3 Files API.
@@ -142,6 +176,10 @@ pub struct CloudArgs {
     /// Seconds before the first retry; later ones back off exponentially with jitter.
     #[arg(long, default_value = "1", value_parser = parse_seconds)]
     pub api_initial_backoff: Duration,
+
+    /// Seconds one API attempt may take before it is retried as a transient failure.
+    #[arg(long, default_value = "20", value_parser = parse_seconds)]
+    pub api_attempt_timeout: Duration,
 }
 
 /// `s3files-csi node`.

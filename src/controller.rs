@@ -11,10 +11,11 @@
 pub mod events;
 pub mod gid;
 pub mod params;
+pub mod terms;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -29,6 +30,11 @@ use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
 use gid::GidAllocator;
 use params::{OnDelete, ProvisionParams};
+use terms::{Term, TermClock, TermSource};
+
+/// How often one CreateVolume call gives up its access point to another with the same GID
+/// before it answers Unavailable (the CO retries).
+const MAX_GID_YIELDS: u32 = 5;
 
 /// Topology key carrying the AWS availability zone id (`use1-az1`), set on EKS nodes.
 pub const TOPOLOGY_ZONE_ID_KEY: &str = "topology.k8s.aws/zone-id";
@@ -102,6 +108,8 @@ pub struct ControllerConfig {
     pub fs_cache_ttl: Duration,
     /// How often the used GIDs of a file system are relearned.
     pub gid_refresh: Duration,
+    /// How long after a leadership term began a create of the previous term can still land.
+    pub gid_settle: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -112,6 +120,7 @@ impl Default for ControllerConfig {
             ready_timeout: Duration::from_secs(60),
             fs_cache_ttl: Duration::from_secs(60),
             gid_refresh: Duration::from_secs(15 * 60),
+            gid_settle: Duration::from_secs(120),
         }
     }
 }
@@ -135,11 +144,33 @@ struct FsInfo {
 /// A file system's cached facts and when they were fetched.
 type FsSlot = Arc<tokio::sync::Mutex<Option<(Instant, FsInfo)>>>;
 
+/// A listing of a file system's access points, shared by the verifications waiting for it.
+struct Listing {
+    started: Instant,
+    wall: SystemTime,
+    access_points: Arc<Vec<AccessPoint>>,
+}
+
+type ListingSlot = Arc<tokio::sync::Mutex<Option<Listing>>>;
+
+/// What every attempt of one CreateVolume sends.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    name: &'a str,
+    params: &'a ProvisionParams,
+    token: &'a str,
+    digest: &'a str,
+    tags: &'a [(String, String)],
+}
+
 struct Inner {
     cloud: Arc<dyn S3Files>,
     data: Option<Arc<dyn DataStore>>,
     config: ControllerConfig,
     gids: GidAllocator,
+    terms: TermClock,
+    /// The last verification listing per file system.
+    listings: Mutex<HashMap<String, ListingSlot>>,
     /// One slot per file system; its async lock makes concurrent requests wait for a single
     /// fetch instead of each calling the API (a cold start with 16 requests in flight would
     /// otherwise cost 32 calls).
@@ -180,18 +211,32 @@ pub fn client_token(volume_name: &str) -> String {
 }
 
 impl ControllerService {
+    /// A controller that cannot tell leadership terms: every GID it draws is verified.
     pub fn new(
         cloud: Arc<dyn S3Files>,
         data: Option<Arc<dyn DataStore>>,
         config: ControllerConfig,
     ) -> Self {
+        Self::with_terms(cloud, data, config, None)
+    }
+
+    /// A controller that reads leadership terms from `terms` (csi-provisioner's Lease).
+    pub fn with_terms(
+        cloud: Arc<dyn S3Files>,
+        data: Option<Arc<dyn DataStore>>,
+        config: ControllerConfig,
+        terms: Option<Box<dyn TermSource>>,
+    ) -> Self {
         let gids = GidAllocator::new(config.gid_refresh);
+        let terms = TermClock::new(terms, config.gid_settle);
         ControllerService {
             inner: Arc::new(Inner {
                 cloud,
                 data,
                 config,
                 gids,
+                terms,
+                listings: Mutex::new(HashMap::new()),
                 fs_cache: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
             }),
@@ -314,41 +359,7 @@ impl ControllerService {
         )?;
 
         let token = client_token(&req.name);
-        let mut adopted = None;
-        let (uid, gid, allocated) = if params.ids.needs_allocation() {
-            let fs_id = &params.file_system_id;
-            let learn = || self.used_gids(fs_id);
-            match self
-                .inner
-                .gids
-                .allocate(fs_id, params.ids.range, &req.name, learn)
-                .await
-            {
-                Ok(g) => (
-                    params.ids.uid.unwrap_or(g),
-                    params.ids.gid.unwrap_or(g),
-                    Some(g),
-                ),
-                Err(Error::ResourceExhausted(why)) => {
-                    // A retry of a volume that exists needs no new GID: find it by its token
-                    // (a full range is rare, so the listing is too).
-                    match self.find_by_token(&params, &token, None).await? {
-                        Some(existing) => {
-                            adopted = Some(existing);
-                            (0, 0, None)
-                        }
-                        None => return Err(Error::ResourceExhausted(why)),
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            (
-                params.ids.uid.unwrap_or(0),
-                params.ids.gid.unwrap_or(0),
-                None,
-            )
-        };
+        let digest = request_digest(&req);
         let mut tags = Vec::new();
         if params.tagging {
             tags.push(self.inner.config.cluster_tag.clone());
@@ -358,125 +369,44 @@ impl ControllerService {
         if params.on_delete == OnDelete::Delete {
             tags.push((TAG_ON_DELETE.to_owned(), "delete".to_owned()));
         }
-        let digest = request_digest(&req);
         tags.push((TAG_REQUEST.to_owned(), digest.clone()));
-        let new = NewAccessPoint {
-            file_system_id: params.file_system_id.clone(),
-            client_token: token.clone(),
-            posix_user: Some(PosixUser {
-                uid,
-                gid,
-                secondary_gids: Vec::new(),
-            }),
-            root_path: Some(params.root_path.clone()),
-            creation_permissions: Some(CreationPermissions {
-                owner_uid: uid,
-                owner_gid: gid,
-                permissions: params.directory_perms.clone(),
-            }),
-            tags,
+        let attempt = Attempt {
+            name: &req.name,
+            params: &params,
+            token: &token,
+            digest: &digest,
+            tags: &tags,
         };
-        let created = match adopted {
-            Some(existing) => {
-                info!(access_point = %existing.id, "the volume exists; its GID range is full but it needs no new GID");
-                Ok(existing)
+        let mut yielded = 0;
+        let ap = loop {
+            let term = if params.ids.needs_allocation() {
+                self.inner.terms.current().await
+            } else {
+                None
+            };
+            let (ap, verify) = self.create_once(&attempt, term.as_ref()).await?;
+            if !verify {
+                break ap;
             }
-            None => self.inner.cloud.create_access_point(&new).await,
-        };
-        if let Some(g) = allocated {
-            self.inner.gids.settled(&params.file_system_id, g).await;
-        }
-        let ap = match created {
-            Ok(ap) => ap,
-            Err(CloudError::Conflict {
-                resource_id,
-                message,
-            }) => {
-                // The token names an access point made by an earlier attempt for this volume
-                // (with other parameters, e.g. a GID drawn before a restart): adopt it.
-                let existing = self
-                    .find_by_token(&params, &token, resource_id.as_deref())
-                    .await?;
-                let Some(existing) = existing else {
-                    if let Some(g) = allocated {
-                        self.inner.gids.release(&params.file_system_id, g).await;
-                    }
-                    return Err(Error::AlreadyExists(format!(
-                        "an access point conflicts with volume {}: {message}",
-                        req.name
-                    )));
-                };
-                info!(access_point = %existing.id, "adopting the access point an earlier attempt created");
-                if let Some(g) = allocated {
-                    self.inner.gids.release(&params.file_system_id, g).await;
-                }
-                if let Some(user) = &existing.posix_user {
-                    self.inner
-                        .gids
-                        .mark_used(&params.file_system_id, user.gid)
-                        .await;
-                }
-                existing
+            let Some(other) = self.gid_collision(&params, &ap, term.as_ref()).await? else {
+                break ap;
+            };
+            // Not returned to anyone yet: this one yields and draws again.
+            let gid = ap.posix_user.as_ref().map_or(0, |u| u.gid);
+            warn!(access_point = %ap.id, other = %other, gid, "GID collision with another access point; deleting ours and drawing another GID");
+            match self.inner.cloud.delete_access_point(&ap.id).await {
+                Ok(()) | Err(CloudError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => {
-                // Free the GID unless the access point may exist after all (a timeout, a 5xx:
-                // then the next relearn decides). A throttled call was refused unprocessed.
-                let definitive = matches!(
-                    e,
-                    CloudError::Validation(_)
-                        | CloudError::QuotaExceeded(_)
-                        | CloudError::NotFound(_)
-                        | CloudError::AccessDenied(_)
-                        | CloudError::Throttled(_)
-                );
-                if let Some(g) = allocated {
-                    if definitive {
-                        self.inner
-                            .gids
-                            .forget(&params.file_system_id, &req.name)
-                            .await;
-                        self.inner.gids.release(&params.file_system_id, g).await;
-                    } else {
-                        // The retry sends the same request, which the service answers with
-                        // the access point if this call made it.
-                        self.inner
-                            .gids
-                            .remember(&params.file_system_id, &req.name, g)
-                            .await;
-                    }
-                }
-                return Err(match e {
-                    CloudError::QuotaExceeded(m) => Error::ResourceExhausted(format!(
-                        "{m}; file system {} has no room for another access point",
-                        params.file_system_id
-                    )),
-                    other => other.into(),
-                });
+            self.inner.gids.mark_used(&params.file_system_id, gid).await;
+            yielded += 1;
+            if yielded >= MAX_GID_YIELDS {
+                return Err(Error::Unavailable(format!(
+                    "volume {}: the GIDs drawn collided {yielded} times with access points others made at the same time on file system {}; retry",
+                    req.name, params.file_system_id
+                )));
             }
         };
-        if allocated.is_some() {
-            self.inner
-                .gids
-                .forget(&params.file_system_id, &req.name)
-                .await;
-        }
-        // A volume of this name made for another request (access points of older versions
-        // carry no digest and are taken as they are).
-        if let Some((_, theirs)) = ap.tags.iter().find(|(k, _)| k == TAG_REQUEST)
-            && *theirs != digest
-        {
-            // The GID drawn for this call is free again, unless it is the one that access point
-            // holds.
-            if let Some(g) = allocated
-                && ap.posix_user.as_ref().map(|u| u.gid) != Some(g)
-            {
-                self.inner.gids.release(&params.file_system_id, g).await;
-            }
-            return Err(Error::AlreadyExists(format!(
-                "volume {} already exists (access point {}) with another capacity range, parameters or capabilities; delete it or use another name",
-                req.name, ap.id
-            )));
-        }
         let ap = self.wait_available(ap).await?;
         let handle = VolumeHandle::for_access_point(&params.file_system_id, &ap.id);
         let accessible_topology = zones
@@ -505,8 +435,242 @@ impl ControllerService {
         })
     }
 
-    /// Finds the access point created with `token`: by the id a conflict named, else among
-    /// access points with the same root directory.
+    /// One attempt at the access point of a volume: draws a GID when the StorageClass allocates
+    /// them, creates (or adopts what an earlier attempt made), and says whether its GID must be
+    /// verified against other allocators' access points before the volume is returned.
+    async fn create_once(
+        &self,
+        attempt: &Attempt<'_>,
+        term: Option<&Term>,
+    ) -> Result<(AccessPoint, bool)> {
+        let Attempt {
+            name,
+            params,
+            token,
+            digest,
+            tags,
+        } = *attempt;
+        let fs_id = params.file_system_id.as_str();
+        let gids = &self.inner.gids;
+        let mut adopted = None;
+        let (uid, gid, grant) = if params.ids.needs_allocation() {
+            let learn = || self.used_gids(fs_id);
+            match gids
+                .allocate(fs_id, params.ids.range, name, term, learn)
+                .await
+            {
+                Ok(g) => (
+                    params.ids.uid.unwrap_or(g.gid),
+                    params.ids.gid.unwrap_or(g.gid),
+                    Some(g),
+                ),
+                Err(Error::ResourceExhausted(why)) => {
+                    // A retry of a volume that exists needs no new GID: find it by its token
+                    // (a full range is rare, so the listing is too).
+                    match self.find_by_token(params, token, None).await? {
+                        Some(existing) => {
+                            adopted = Some(existing);
+                            (0, 0, None)
+                        }
+                        None => return Err(Error::ResourceExhausted(why)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            (
+                params.ids.uid.unwrap_or(0),
+                params.ids.gid.unwrap_or(0),
+                None,
+            )
+        };
+        let allocated = grant.map(|g| g.gid);
+        let new = NewAccessPoint {
+            file_system_id: params.file_system_id.clone(),
+            client_token: token.to_owned(),
+            posix_user: Some(PosixUser {
+                uid,
+                gid,
+                secondary_gids: Vec::new(),
+            }),
+            root_path: Some(params.root_path.clone()),
+            creation_permissions: Some(CreationPermissions {
+                owner_uid: uid,
+                owner_gid: gid,
+                permissions: params.directory_perms.clone(),
+            }),
+            tags: tags.to_vec(),
+        };
+        // Whether the access point's GID may have been drawn from a view that misses another
+        // allocator's work: a grant that says so, and anything made by an earlier attempt.
+        let mut verify = grant.is_some_and(|g| g.verify);
+        let created = match adopted {
+            Some(existing) => {
+                info!(access_point = %existing.id, "the volume exists; its GID range is full but it needs no new GID");
+                verify = params.ids.needs_allocation();
+                Ok(existing)
+            }
+            None => self.inner.cloud.create_access_point(&new).await,
+        };
+        if let Some(g) = allocated {
+            gids.settled(fs_id, g).await;
+        }
+        let ap = match created {
+            Ok(ap) => ap,
+            Err(CloudError::Conflict {
+                resource_id,
+                message,
+            }) => {
+                // The token names an access point made by an earlier attempt for this volume
+                // (with other parameters, e.g. a GID drawn before a restart): adopt it.
+                let existing = self
+                    .find_by_token(params, token, resource_id.as_deref())
+                    .await?;
+                if let Some(g) = allocated {
+                    gids.release(fs_id, g).await;
+                }
+                let Some(existing) = existing else {
+                    return Err(Error::AlreadyExists(format!(
+                        "an access point conflicts with volume {name}: {message}"
+                    )));
+                };
+                if existing.status == LifeCycle::Deleting {
+                    return Err(Error::Unavailable(format!(
+                        "access point {} of an earlier attempt for volume {name} is still being deleted; retry",
+                        existing.id
+                    )));
+                }
+                info!(access_point = %existing.id, "adopting the access point an earlier attempt created");
+                if let Some(user) = &existing.posix_user {
+                    gids.mark_used(fs_id, user.gid).await;
+                }
+                verify = params.ids.needs_allocation();
+                existing
+            }
+            Err(e) => {
+                // Free the GID unless the access point may exist after all (a timeout, a 5xx:
+                // then the next relearn decides). A throttled call was refused unprocessed.
+                let definitive = matches!(
+                    e,
+                    CloudError::Validation(_)
+                        | CloudError::QuotaExceeded(_)
+                        | CloudError::NotFound(_)
+                        | CloudError::AccessDenied(_)
+                        | CloudError::Throttled(_)
+                );
+                if let Some(g) = allocated {
+                    if definitive {
+                        gids.forget(fs_id, name).await;
+                        gids.release(fs_id, g).await;
+                    } else {
+                        // The retry sends the same request, which the service answers with
+                        // the access point if this call made it.
+                        gids.remember(fs_id, name, g).await;
+                    }
+                }
+                return Err(match e {
+                    CloudError::QuotaExceeded(m) => Error::ResourceExhausted(format!(
+                        "{m}; file system {fs_id} has no room for another access point"
+                    )),
+                    other => other.into(),
+                });
+            }
+        };
+        if allocated.is_some() {
+            gids.forget(fs_id, name).await;
+        }
+        // A volume of this name made for another request (access points of older versions
+        // carry no digest and are taken as they are).
+        if let Some((_, theirs)) = ap.tags.iter().find(|(k, _)| k == TAG_REQUEST)
+            && theirs != digest
+        {
+            // The GID drawn for this call is free again, unless it is the one that access point
+            // holds.
+            if let Some(g) = allocated
+                && ap.posix_user.as_ref().map(|u| u.gid) != Some(g)
+            {
+                gids.release(fs_id, g).await;
+            }
+            return Err(Error::AlreadyExists(format!(
+                "volume {name} already exists (access point {}) with another capacity range, parameters or capabilities; delete it or use another name",
+                ap.id
+            )));
+        }
+        // A trusted grant whose term ended while the call ran: the next leader's view may have
+        // been learned before this access point existed.
+        if !verify
+            && grant.is_some()
+            && self.inner.terms.current().await.map(|t| t.key) != term.map(|t| t.key.clone())
+        {
+            verify = true;
+        }
+        let in_range = ap
+            .posix_user
+            .as_ref()
+            .is_some_and(|u| (params.ids.range.0..=params.ids.range.1).contains(&u.gid));
+        Ok((ap, verify && in_range))
+    }
+
+    /// Another live access point of the file system holding `ap`'s GID, by a listing that
+    /// began after `ap` existed (shared by every verification waiting at that moment); the
+    /// listing also teaches the allocator what others made.
+    async fn gid_collision(
+        &self,
+        params: &ProvisionParams,
+        ap: &AccessPoint,
+        term: Option<&Term>,
+    ) -> Result<Option<String>> {
+        let Some(gid) = ap.posix_user.as_ref().map(|u| u.gid) else {
+            return Ok(None);
+        };
+        let fs_id = params.file_system_id.as_str();
+        let (wall, listing) = self.listing_after(fs_id, Instant::now()).await?;
+        let listed = listing
+            .iter()
+            .filter_map(|a| a.posix_user.as_ref().map(|u| u.gid))
+            .collect();
+        self.inner.gids.observed(fs_id, listed, term, wall).await;
+        Ok(listing
+            .iter()
+            .find(|other| {
+                other.id != ap.id
+                    && other.posix_user.as_ref().map(|u| u.gid) == Some(gid)
+                    && !matches!(other.status, LifeCycle::Deleting | LifeCycle::Deleted)
+            })
+            .map(|other| other.id.clone()))
+    }
+
+    /// The file system's access points by a listing that started after `after`: the one a
+    /// concurrent caller is running or ran, or a new one.
+    async fn listing_after(
+        &self,
+        fs_id: &str,
+        after: Instant,
+    ) -> Result<(SystemTime, Arc<Vec<AccessPoint>>)> {
+        let slot = self
+            .inner
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(fs_id.to_owned())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(shared) = slot.as_ref()
+            && shared.started >= after
+        {
+            return Ok((shared.wall, shared.access_points.clone()));
+        }
+        let (started, wall) = (Instant::now(), SystemTime::now());
+        let access_points = Arc::new(self.inner.cloud.list_access_points(fs_id).await?);
+        *slot = Some(Listing {
+            started,
+            wall,
+            access_points: access_points.clone(),
+        });
+        Ok((wall, access_points))
+    }
+
     /// The GIDs the access points of file system `fs` hold, for the allocator's view.
     async fn used_gids(&self, fs: &str) -> Result<std::collections::BTreeSet<u32>> {
         Ok(self
@@ -519,6 +683,8 @@ impl ControllerService {
             .collect())
     }
 
+    /// Finds the access point created with `token`: by the id a conflict named, else among
+    /// access points with the same root directory.
     async fn find_by_token(
         &self,
         params: &ProvisionParams,

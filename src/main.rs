@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use s3files_csi::cli::{Cli, Command, EmulatorArgs, HealthArgs, MountArgs, NodeArgs, ServeArgs};
+use s3files_csi::cli::{
+    Cli, Command, ControllerArgs, EmulatorArgs, HealthArgs, MountArgs, NodeArgs, ServeArgs,
+};
 use s3files_csi::node::k8s;
 use std::sync::Arc;
 use tracing::info;
@@ -13,6 +15,7 @@ use s3files_csi::cloud::aws::{AwsS3Files, ClientOptions};
 use s3files_csi::cloud::health::{CloudMonitor, ReachabilityEvents};
 use s3files_csi::cloud::{Observed, S3Files};
 use s3files_csi::controller::events::PodEvents;
+use s3files_csi::controller::terms::{LeaseTerms, TermSource, provisioner_lease_name};
 use s3files_csi::controller::{ControllerConfig, ControllerService, DataStore};
 use s3files_csi::data::{DataLocation, ObjectData};
 use s3files_csi::emulator::faults::FaultConfig;
@@ -81,6 +84,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 rate_limit: (args.cloud.api_rate_limit > 0.0).then_some(args.cloud.api_rate_limit),
                 adaptive: args.cloud.api_retry_mode == "adaptive",
                 initial_backoff: args.cloud.api_initial_backoff,
+                attempt_timeout: args.cloud.api_attempt_timeout,
             };
             let metrics = start_metrics(&args.serve);
             let sdk = AwsS3Files::from_env(&options).await;
@@ -93,8 +97,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 cluster_tag: args.cluster_tag.clone(),
                 extra_tags: args.tags.clone(),
                 ready_timeout: args.ready_timeout,
+                gid_settle: args.gid_settle,
                 ..ControllerConfig::default()
             };
+            let terms = leader_lease(&args).await;
             // Reachability of the API is watched in the background and reported; it never
             // decides liveness (Probe stays local).
             let events: Option<Arc<dyn ReachabilityEvents>> = match kube_client("auto").await {
@@ -116,7 +122,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     .with_detail(monitor);
             let services = Services {
                 identity,
-                controller: Some(ControllerService::new(cloud, data, config)),
+                controller: Some(ControllerService::with_terms(cloud, data, config, terms)),
                 node: None,
                 metrics,
             };
@@ -260,6 +266,24 @@ fn watchdog_program(setting: &str) -> anyhow::Result<Option<std::path::PathBuf>>
                 );
             }
             Ok(Some(path))
+        }
+    }
+}
+
+/// The leadership terms from `--leader-lease`. A Lease that cannot be reached is not fatal:
+/// every GID is then verified.
+async fn leader_lease(args: &ControllerArgs) -> Option<Box<dyn TermSource>> {
+    let (namespace, name) = args.leader_lease.clone()?;
+    let name = name.unwrap_or_else(|| provisioner_lease_name(&args.serve.driver_name));
+    match kube_client("on").await {
+        Ok(Some(client)) => {
+            info!(lease = %format!("{namespace}/{name}"), "leadership terms from csi-provisioner's Lease");
+            Some(Box::new(LeaseTerms::new(client, &namespace, &name)))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no Kubernetes API for --leader-lease: every new access point's GID is verified");
+            None
         }
     }
 }

@@ -17,6 +17,13 @@ use s3files_csi::volume::VolumeHandle;
 use tonic::Code;
 use tonic::transport::Channel;
 
+/// csi-provisioner's Lease, held by one replica for an hour: a settled term.
+async fn settled_lease() -> common::lease::FakeLease {
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    common::lease::FakeLease::start("kube-system", "s3files-csi-dev", "controller-0", hour_ago)
+        .await
+}
+
 /// Retry flags that keep fault tests fast: standard mode, 5 ms first backoff, `attempts`.
 fn quick_retries(attempts: &str) -> [&str; 6] {
     [
@@ -166,7 +173,9 @@ async fn storage_class_parameters_shape_the_access_point() {
 
 #[tokio::test]
 async fn each_volume_gets_its_own_gid_from_the_range_across_restarts() {
-    let stack = ControllerStack::start(test_config(), &[]).await;
+    // As the chart runs it: in a settled leadership term, the lowest free GID, no verification.
+    let lease = settled_lease().await;
+    let stack = ControllerStack::start_with_lease(test_config(), &[], &lease).await;
     let params = [("gidRangeStart", "7000"), ("gidRangeEnd", "7004")];
     let mut client = ControllerClient::new(stack.plugin.channel().await);
     let mut gids = Vec::new();
@@ -187,9 +196,17 @@ async fn each_volume_gets_its_own_gid_from_the_range_across_restarts() {
     assert_eq!(gids, [7000, 7001, 7002]);
 
     // A new controller process learns the used GIDs from the API.
+    let mut env = emulator_env(&stack.emulator.url);
+    env.push(("KUBECONFIG", lease.kubeconfig()));
     let fresh = Plugin::start_with_env(
-        &["controller", "--api-rate-limit", "0"],
-        &emulator_env(&stack.emulator.url),
+        &[
+            "controller",
+            "--api-rate-limit",
+            "0",
+            "--leader-lease",
+            &lease.flag(),
+        ],
+        &env,
     )
     .await;
     let mut client = ControllerClient::new(fresh.channel().await);
@@ -916,7 +933,8 @@ async fn answers_lost_after_the_create_leave_no_duplicate_and_no_shared_gid() {
             ..Default::default()
         },
     );
-    let stack = ControllerStack::start(config, &quick_retries("1")).await;
+    let lease = settled_lease().await;
+    let stack = ControllerStack::start_with_lease(config, &quick_retries("1"), &lease).await;
     let mut client = ControllerClient::new(stack.plugin.channel().await);
     let mut ids = HashSet::new();
     for i in 0..20 {

@@ -43,6 +43,9 @@ pub struct ClientOptions {
     pub rate_limit: Option<f64>,
     /// Adaptive: a run of throttles also holds every call back; else each call only backs off.
     pub adaptive: bool,
+    /// How long one attempt may take, connecting included, before it counts as a transient
+    /// failure (so a hung connection cannot keep a call, or a GID, in flight for ever).
+    pub attempt_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +57,7 @@ impl Default for ClientOptions {
             initial_backoff: Duration::from_secs(1),
             rate_limit: Some(10.0),
             adaptive: true,
+            attempt_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -91,8 +95,13 @@ impl AwsS3Files {
     /// Loads the standard AWS configuration, with `options` on top.
     pub async fn from_env(options: &ClientOptions) -> Self {
         // Retries are ours (paced); the SDK makes one attempt per call.
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).retry_config(RetryConfig::disabled());
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(options.attempt_timeout.min(Duration::from_secs(5)))
+            .operation_attempt_timeout(options.attempt_timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts);
         if let Some(region) = &options.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }

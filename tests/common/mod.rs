@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+#[path = "../../benches/support/lease.rs"]
+pub mod lease;
 pub mod s3server;
 
 use std::io::Read;
@@ -234,9 +236,26 @@ pub const SUBNET_A: &str = "subnet-0aaaaaaaaaaaaaaa1";
 pub const SUBNET_B: &str = "subnet-0bbbbbbbbbbbbbbb2";
 
 impl ControllerStack {
-    pub async fn start(
+    pub async fn start(config: s3files_csi::emulator::Config, args: &[&str]) -> ControllerStack {
+        Self::start_with_env(config, args, &[]).await
+    }
+
+    /// A controller that reads leadership terms from `lease` (held since an hour ago).
+    pub async fn start_with_lease(
+        config: s3files_csi::emulator::Config,
+        args: &[&str],
+        lease: &lease::FakeLease,
+    ) -> ControllerStack {
+        let flag = lease.flag();
+        let mut all = vec!["--leader-lease", flag.as_str()];
+        all.extend_from_slice(args);
+        Self::start_with_env(config, &all, &[("KUBECONFIG", lease.kubeconfig())]).await
+    }
+
+    pub async fn start_with_env(
         mut config: s3files_csi::emulator::Config,
         args: &[&str],
+        env: &[(&str, String)],
     ) -> ControllerStack {
         use s3files_csi::cloud::{NewFileSystem, S3Files};
         config
@@ -272,7 +291,11 @@ impl ControllerStack {
         let _ = ready_after;
         let mut all = vec!["controller", "--api-rate-limit", "0"];
         all.extend_from_slice(args);
-        let plugin = Plugin::start_with_env(&all, &emulator_env(&emulator.url)).await;
+        let env_all: Vec<(&str, String)> = emulator_env(&emulator.url)
+            .into_iter()
+            .chain(env.iter().cloned())
+            .collect();
+        let plugin = Plugin::start_with_env(&all, &env_all).await;
         ControllerStack {
             emulator,
             plugin,
