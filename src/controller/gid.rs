@@ -18,8 +18,9 @@
 //!   answers idempotently) instead of drawing another GID.
 //!
 //! A range that looks full is relearned once before the answer is "exhausted" (at most every
-//! [`EXHAUSTED_RELEARN_EVERY`]), so GIDs held for calls that made nothing are not lost until the
-//! periodic relearn.
+//! [`EXHAUSTED_RELEARN_EVERY`], or whenever GIDs were added from outside since the last learn),
+//! so GIDs held for calls that made nothing, or by access points that are gone, are not lost
+//! until the periodic relearn.
 //!
 //! Other allocators (the other controller replica, other clients) are the business of
 //! `super::terms` and the controller's verification: a [`Grant`] says whether the view it came
@@ -52,6 +53,9 @@ struct FsGids {
     /// starts are), for [`FsGids::trusted`].
     term: Option<String>,
     learned_wall: Option<SystemTime>,
+    /// GIDs were added from listings or collisions since the last learn; some may have gone
+    /// since (another allocator's access point that yielded), so a full range is relearned.
+    added_since_learn: bool,
 }
 
 /// A GID handed out by [`GidAllocator::allocate`].
@@ -97,6 +101,7 @@ impl FsGids {
         self.learned_at = Some(Instant::now());
         self.term = term.map(|t| t.key.clone());
         self.learned_wall = Some(at);
+        self.added_since_learn = false;
     }
 
     /// Whether the view holds every access point another allocator can have made: learned in
@@ -180,9 +185,10 @@ impl GidAllocator {
         let mut free = gids.free(range, verify);
         if free.is_none()
             && !learned
-            && gids
-                .learned_at
-                .is_none_or(|t| t.elapsed() >= EXHAUSTED_RELEARN_EVERY)
+            && (gids.added_since_learn
+                || gids
+                    .learned_at
+                    .is_none_or(|t| t.elapsed() >= EXHAUSTED_RELEARN_EVERY))
         {
             let at = SystemTime::now();
             let listed = learn().await?;
@@ -214,7 +220,9 @@ impl GidAllocator {
     ) {
         let entry = self.entry(fs);
         let mut gids = entry.lock().await;
+        let before = gids.used.len();
         gids.used.extend(listed);
+        gids.added_since_learn |= gids.used.len() > before;
         if let Some(t) = term
             && gids.learned_wall.is_none_or(|w| w <= at)
         {
@@ -253,7 +261,9 @@ impl GidAllocator {
 
     /// Marks `gid` used (an existing access point was adopted, or one was created elsewhere).
     pub async fn mark_used(&self, fs: &str, gid: u32) {
-        self.entry(fs).lock().await.used.insert(gid);
+        let entry = self.entry(fs);
+        let mut gids = entry.lock().await;
+        gids.added_since_learn |= gids.used.insert(gid);
     }
 
     /// Frees `gid` (its access point was deleted, or its creation made nothing). A GID still
