@@ -210,6 +210,32 @@ def main():
     check("the controller runs on Linux nodes", spec.get("nodeSelector", {}).get("kubernetes.io/os") == "linux")
     env = {e["name"] for e in container(spec, "driver")["env"]}
     check("the controller knows its Pod for Events", {"POD_NAME", "POD_NAMESPACE"} <= env)
+    lease_ns = flag(container(spec, "driver")["args"], "leader-lease")
+    elected_ns = flag(container(spec, "csi-provisioner")["args"], "leader-election-namespace")
+    check(
+        "the driver reads the Lease csi-provisioner elects its leader with",
+        lease_ns is not None and lease_ns == elected_ns,
+        f"{lease_ns} vs {elected_ns}",
+    )
+    sa = spec["serviceAccountName"]
+    bound = [
+        b["roleRef"]["name"]
+        for b in find(docs, "RoleBinding")
+        if b["metadata"].get("namespace") == lease_ns
+        and any(s["name"] == sa for s in b.get("subjects", []))
+    ]
+    lease_rules = [
+        r
+        for role in find(docs, "Role")
+        if role["metadata"]["name"] in bound
+        for r in role.get("rules", [])
+        if "coordination.k8s.io" in r.get("apiGroups", [])
+    ]
+    check(
+        "the controller's service account may read Leases there",
+        any("leases" in r["resources"] and "get" in r["verbs"] for r in lease_rules),
+        f"{bound}",
+    )
     driver = find(docs, "CSIDriver")[0]
     check(
         "the CSIDriver is kept on uninstall",
