@@ -359,7 +359,8 @@ pub struct EmulatorArgs {
     #[arg(long, value_parser = parse_key_value, help_heading = "Emulated account")]
     pub subnet_zone: Vec<(String, String)>,
 
-    /// Seconds new file systems, access points and mount targets stay `creating`.
+    /// Seconds new file systems, access points and mount targets stay `creating`, and deleted
+    /// mount targets `deleting`.
     #[arg(long, default_value = "0.5", value_parser = parse_seconds, help_heading = "Behaviour")]
     pub ready_after: Duration,
 

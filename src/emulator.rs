@@ -357,8 +357,7 @@ impl Emulator {
             };
             self.execute(|state, settings, ids, now| {
                 let exists = state
-                    .mount_targets
-                    .values()
+                    .live_mount_targets(now)
                     .any(|m| m.file_system_id == id && m.availability_zone_id == zone);
                 if exists {
                     return Ok(Outcome {
@@ -506,8 +505,8 @@ async fn delete_file_system(
     RawQuery(q): RawQuery,
 ) -> Response {
     let q = parse_query(q);
-    emu.call("DeleteFileSystem", move |st, _, _, _| {
-        st.delete_file_system(&id, &q)
+    emu.call("DeleteFileSystem", move |st, _, _, now| {
+        st.delete_file_system(&id, &q, now)
     })
     .await
 }
@@ -598,8 +597,8 @@ async fn update_mount_target(AxumState(emu): Emu, Path(id): Path<String>, body: 
 }
 
 async fn delete_mount_target(AxumState(emu): Emu, Path(id): Path<String>) -> Response {
-    emu.call("DeleteMountTarget", move |st, _, _, _| {
-        st.delete_mount_target(&id)
+    emu.call("DeleteMountTarget", move |st, s, _, now| {
+        st.delete_mount_target(s, &id, now)
     })
     .await
 }

@@ -967,3 +967,38 @@ async fn answers_lost_after_the_create_leave_no_duplicate_and_no_shared_gid() {
         .sum();
     assert_eq!(lists, 2, "{metrics}");
 }
+
+#[tokio::test]
+async fn a_zone_whose_mount_target_is_being_deleted_is_not_offered() {
+    let stack = ControllerStack::start(test_config(), &[]).await;
+    let cloud = stack.emulator.cloud();
+    let doomed = cloud
+        .list_mount_targets(&stack.fs_id)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|m| m.availability_zone_id.as_deref() == Some("use1-az2"))
+        .expect("mount target in use1-az2");
+    stack.emulator.emulator.set_ready_after(30.0);
+    cloud.delete_mount_target(&doomed.id).await.expect("delete");
+    // Deleting for 30 s from now; new access points are ready at once again.
+    stack.emulator.emulator.set_ready_after(0.0);
+    let mut client = ControllerClient::new(stack.plugin.channel().await);
+    let volume = client
+        .create_volume(request(&stack, "pvc-zones", &[]))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let zones: Vec<_> = volume
+        .accessible_topology
+        .iter()
+        .flat_map(|t| t.segments.values().cloned())
+        .collect();
+    assert_eq!(
+        zones,
+        ["use1-az1"],
+        "a deleting mount target serves no mounts"
+    );
+}

@@ -249,6 +249,117 @@ async fn lifecycle_rules_give_the_models_conflicts() {
 }
 
 #[tokio::test]
+async fn a_deleted_mount_target_is_deleting_for_a_while_and_holds_its_zone() {
+    let mut config = test_config();
+    config.settings.ready_after = 0.0;
+    for subnet in ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0aaaaaaaaaaaaaaa2"] {
+        config
+            .settings
+            .subnet_zones
+            .insert(subnet.into(), "use1-az1".into());
+    }
+    let emu = RunningEmulator::start(config).await;
+    let c = emu.sdk();
+    let fs_id = c
+        .create_file_system()
+        .bucket("arn:aws:s3:::deleting")
+        .role_arn(ROLE)
+        .send()
+        .await
+        .expect("fs")
+        .file_system_id()
+        .expect("id")
+        .to_owned();
+    let mt_id = c
+        .create_mount_target()
+        .file_system_id(&fs_id)
+        .subnet_id("subnet-0aaaaaaaaaaaaaaa1")
+        .send()
+        .await
+        .expect("mt")
+        .mount_target_id()
+        .to_owned();
+    // Deletion takes time, as the service's does.
+    emu.emulator.set_ready_after(1.0);
+    c.delete_mount_target()
+        .mount_target_id(&mt_id)
+        .send()
+        .await
+        .expect("delete");
+    let got = c
+        .get_mount_target()
+        .mount_target_id(&mt_id)
+        .send()
+        .await
+        .expect("still there");
+    assert_eq!(got.status().map(|s| s.as_str()), Some("deleting"));
+    let listed = c
+        .list_mount_targets()
+        .file_system_id(&fs_id)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(
+        listed.mount_targets()[0].status().map(|s| s.as_str()),
+        Some("deleting")
+    );
+    c.delete_mount_target()
+        .mount_target_id(&mt_id)
+        .send()
+        .await
+        .expect("deleting again is accepted");
+    let err = c
+        .update_mount_target()
+        .mount_target_id(&mt_id)
+        .security_groups("sg-0123456789abcdef0")
+        .send()
+        .await
+        .expect_err("being deleted");
+    assert_eq!(err.code(), Some("ConflictException"), "{err:?}");
+    let err = c
+        .create_mount_target()
+        .file_system_id(&fs_id)
+        .subnet_id("subnet-0aaaaaaaaaaaaaaa2")
+        .send()
+        .await
+        .expect_err("the zone is still taken");
+    assert_eq!(err.code(), Some("ConflictException"), "{err:?}");
+    let err = c
+        .delete_file_system()
+        .file_system_id(&fs_id)
+        .send()
+        .await
+        .expect_err("a mount target is still there");
+    assert_eq!(err.code(), Some("ConflictException"), "{err:?}");
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let err = c
+        .get_mount_target()
+        .mount_target_id(&mt_id)
+        .send()
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), Some("ResourceNotFoundException"), "{err:?}");
+    assert!(
+        c.list_mount_targets()
+            .file_system_id(&fs_id)
+            .send()
+            .await
+            .expect("list")
+            .mount_targets()
+            .is_empty()
+    );
+    emu.emulator.set_ready_after(0.0);
+    c.create_mount_target()
+        .file_system_id(&fs_id)
+        .subnet_id("subnet-0aaaaaaaaaaaaaaa2")
+        .send()
+        .await
+        .expect("the zone is free again");
+    emu.stop().await;
+}
+
+#[tokio::test]
 async fn synchronization_configuration_uses_optimistic_versions() {
     let emu = RunningEmulator::start(test_config()).await;
     let c = emu.sdk();

@@ -169,6 +169,9 @@ pub struct MountTarget {
     pub network_interface_id: String,
     pub owner_id: String,
     pub available_at: Epoch,
+    /// Set by DeleteMountTarget: the mount target is `deleting` until then, and gone after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Epoch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -275,6 +278,18 @@ impl AccessPoint {
 }
 
 impl MountTarget {
+    pub fn status(&self, now: Epoch) -> &'static str {
+        match self.deleted_at {
+            Some(_) => "deleting",
+            None => status(now, self.available_at),
+        }
+    }
+
+    /// Deleted and past its `deleting` time: no longer there.
+    pub fn gone(&self, now: Epoch) -> bool {
+        self.deleted_at.is_some_and(|at| now >= at)
+    }
+
     pub fn describe(&self, now: Epoch) -> Value {
         let mut v = self.list_entry(now);
         v["securityGroups"] = json!(self.security_groups);
@@ -290,7 +305,7 @@ impl MountTarget {
             "subnetId": self.subnet_id,
             "networkInterfaceId": self.network_interface_id,
             "vpcId": self.vpc_id,
-            "status": status(now, self.available_at),
+            "status": self.status(now),
         });
         put_opt(&mut v, "ipv4Address", self.ipv4_address.as_ref());
         put_opt(&mut v, "ipv6Address", self.ipv6_address.as_ref());

@@ -117,7 +117,7 @@ pub struct Settings {
     pub zone_ids: Vec<String>,
     /// Explicit subnet -> zone id assignments; other subnets are hashed onto `zone_ids`.
     pub subnet_zones: BTreeMap<String, String>,
-    /// Seconds a new resource stays `creating`.
+    /// Seconds a new resource stays `creating`, and a deleted mount target `deleting`.
     pub ready_after: f64,
     pub max_file_systems: usize,
     pub max_access_points_per_file_system: usize,
@@ -354,10 +354,25 @@ impl State {
         }
     }
 
-    fn mt(&self, id: &str) -> ApiResult<&MountTarget> {
+    fn mt(&self, id: &str, now: Epoch) -> ApiResult<&MountTarget> {
         self.mount_targets
             .get(id)
+            .filter(|m| !m.gone(now))
             .ok_or_else(|| ApiError::not_found("Mount target", id))
+    }
+
+    /// Mount targets that exist (`deleting` ones included) at `now`.
+    pub fn live_mount_targets(&self, now: Epoch) -> impl Iterator<Item = &MountTarget> {
+        self.mount_targets.values().filter(move |m| !m.gone(now))
+    }
+
+    /// Removes the mount targets whose deletion has finished.
+    fn purge_mount_targets(&self, now: Epoch) -> Vec<Change> {
+        self.mount_targets
+            .values()
+            .filter(|m| m.gone(now))
+            .map(|m| Change::DeleteMountTarget(m.id.clone()))
+            .collect()
     }
 
     fn require_available(&self, fs: &FileSystem, now: Epoch) -> ApiResult<()> {
@@ -499,7 +514,7 @@ impl State {
         ))
     }
 
-    pub fn delete_file_system(&self, raw: &str, query: &Query) -> ApiResult<Outcome> {
+    pub fn delete_file_system(&self, raw: &str, query: &Query, now: Epoch) -> ApiResult<Outcome> {
         v::file_system_id("fileSystemId", raw)?;
         if let Some(force) = q(query, "forceDelete")
             && force != "true"
@@ -516,8 +531,7 @@ impl State {
             .filter(|a| a.file_system_id == fs.id)
             .count();
         let mts = self
-            .mount_targets
-            .values()
+            .live_mount_targets(now)
             .filter(|m| m.file_system_id == fs.id)
             .count();
         if aps > 0 || mts > 0 {
@@ -709,9 +723,9 @@ impl State {
         let fs = self.fs(raw_fs)?;
         self.require_available(fs, now)?;
         let zone = s.zone_of(subnet);
+        // A mount target still being deleted holds its zone until it is gone.
         if let Some(other) = self
-            .mount_targets
-            .values()
+            .live_mount_targets(now)
             .find(|m| m.file_system_id == fs.id && m.availability_zone_id == zone)
         {
             return Err(ApiError::conflict(
@@ -727,8 +741,7 @@ impl State {
         let ipv4 = match (&req.ipv4_address, ip_type) {
             (Some(ip), _) => {
                 if self
-                    .mount_targets
-                    .values()
+                    .live_mount_targets(now)
                     .any(|m| m.ipv4_address.as_deref() == Some(ip))
                 {
                     return Err(ApiError::conflict(
@@ -759,17 +772,17 @@ impl State {
             network_interface_id: ids.next("eni"),
             owner_id: s.account_id.clone(),
             available_at: now + s.ready_after,
+            deleted_at: None,
         };
         let answer = (200, mt.describe(now));
-        Ok(Outcome {
-            changes: vec![Change::PutMountTarget(mt)],
-            answer,
-        })
+        let mut changes = self.purge_mount_targets(now);
+        changes.push(Change::PutMountTarget(mt));
+        Ok(Outcome { changes, answer })
     }
 
     pub fn get_mount_target(&self, id: &str, now: Epoch) -> ApiResult<Outcome> {
         v::mount_target_id("mountTargetId", id)?;
-        read_only((200, self.mt(id)?.describe(now)))
+        read_only((200, self.mt(id, now)?.describe(now)))
     }
 
     pub fn list_mount_targets(&self, query: &Query, now: Epoch) -> ApiResult<Outcome> {
@@ -792,8 +805,7 @@ impl State {
             }
         };
         let items = self
-            .mount_targets
-            .values()
+            .live_mount_targets(now)
             .filter(|m| m.file_system_id == fs_id);
         let (items, next) = page(items, after.as_deref(), limit, |m| m.id.clone());
         read_only((
@@ -828,7 +840,15 @@ impl State {
                 ),
             ));
         }
-        let mut mt = self.mt(id)?.clone();
+        let mut mt = self.mt(id, now)?.clone();
+        if mt.deleted_at.is_some() {
+            return Err(ApiError::conflict(
+                "IncorrectMountTargetState",
+                format!("mount target '{id}' is being deleted"),
+                id,
+                "MountTarget",
+            ));
+        }
         mt.security_groups = groups;
         let answer = (200, mt.describe(now));
         Ok(Outcome {
@@ -837,11 +857,23 @@ impl State {
         })
     }
 
-    pub fn delete_mount_target(&self, id: &str) -> ApiResult<Outcome> {
+    /// The mount target turns `deleting` for `ready_after` seconds, as the service takes
+    /// minutes; deleting it again meanwhile is accepted and changes nothing.
+    pub fn delete_mount_target(&self, s: &Settings, id: &str, now: Epoch) -> ApiResult<Outcome> {
         v::mount_target_id("mountTargetId", id)?;
-        let mt = self.mt(id)?;
+        let mt = self.mt(id, now)?;
+        let mut changes = self.purge_mount_targets(now);
+        if mt.deleted_at.is_none() {
+            if s.ready_after > 0.0 {
+                let mut deleting = mt.clone();
+                deleting.deleted_at = Some(now + s.ready_after);
+                changes.push(Change::PutMountTarget(deleting));
+            } else {
+                changes.push(Change::DeleteMountTarget(mt.id.clone()));
+            }
+        }
         Ok(Outcome {
-            changes: vec![Change::DeleteMountTarget(mt.id.clone())],
+            changes,
             answer: (204, Value::Null),
         })
     }
