@@ -4,10 +4,15 @@
 //! API calls per CreateVolume (from the emulator's counters), and the achieved rate as a ratio
 //! of the limit, next to a baseline of raw SDK CreateAccessPoint calls in the same run.
 //!
-//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000] [--ready-after 0]`
+//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000] [--ready-after 0] [--service-rate R] [--controllers 1]`
 //!
 //! `--ready-after S` keeps new access points `creating` for S seconds, so CreateVolume polls for
-//! readiness as it does against the service.
+//! readiness as it does against the service. `--service-rate R` limits the emulated service to R
+//! calls/s per operation while the controller keeps `--rate` (a service limit below the
+//! client's). One controller runs as the chart runs it, reading a leader Lease (a fake
+//! Kubernetes API) in a settled term; `--controllers 2` runs two controllers without a Lease,
+//! both serving at once on one file system (as two clusters would), the workers split between
+//! them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,12 +26,17 @@ use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config, Emulator, OPERATIONS};
 use s3files_csi::server::Endpoint;
 
+#[path = "support/lease.rs"]
+mod lease;
+
 struct Args {
     volumes: usize,
     concurrency: usize,
     rate: f64,
     existing: usize,
     ready_after: f64,
+    service_rate: Option<f64>,
+    controllers: usize,
 }
 
 fn args() -> Args {
@@ -36,6 +46,8 @@ fn args() -> Args {
         rate: 50.0,
         existing: 5000,
         ready_after: 0.0,
+        service_rate: None,
+        controllers: 1,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -47,6 +59,13 @@ fn args() -> Args {
             "--rate" => a.rate = value.parse().expect("--rate CALLS_PER_SECOND"),
             "--existing" => a.existing = value.parse().expect("--existing N"),
             "--ready-after" => a.ready_after = value.parse().expect("--ready-after SECONDS"),
+            "--service-rate" => {
+                a.service_rate = Some(value.parse().expect("--service-rate CALLS_PER_SECOND"))
+            }
+            "--controllers" => {
+                a.controllers = value.parse().expect("--controllers 1|2");
+                assert!((1..=2).contains(&a.controllers), "--controllers 1|2");
+            }
             _ => {
                 i += 1;
                 continue;
@@ -164,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     // Every operation limited to `rate` calls per second from here on.
     emu.faults.set_config(FaultConfig {
         default: FaultSpec {
-            rate_limit: Some(a.rate),
+            rate_limit: Some(a.service_rate.unwrap_or(a.rate)),
             ..Default::default()
         },
         operations: Default::default(),
@@ -210,39 +229,53 @@ async fn main() -> anyhow::Result<()> {
     }
     emu.faults.set_config(FaultConfig {
         default: FaultSpec {
-            rate_limit: Some(a.rate),
+            rate_limit: Some(a.service_rate.unwrap_or(a.rate)),
             ..Default::default()
         },
         operations: Default::default(),
     });
     emu.set_ready_after(a.ready_after);
 
-    // The controller, as deployed: the real binary on a unix socket.
-    let socket = dir.path().join("csi.sock");
-    let endpoint = Endpoint::Unix(socket.clone());
-    let mut controller = std::process::Command::new(env!("CARGO_BIN_EXE_s3files-csi"))
-        .args([
-            "controller",
-            "--endpoint",
-            &endpoint.to_string(),
-            "--api-rate-limit",
-            &a.rate.to_string(),
-        ])
-        .env("AWS_ENDPOINT_URL_S3FILES", &url)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("RUST_LOG", "warn")
-        .spawn()?;
-    s3files_csi::client::wait_ready(&endpoint, Duration::from_secs(30)).await?;
-    let channel = s3files_csi::client::connect(&endpoint).await?;
+    // The controllers, as deployed: the real binary on a unix socket. One reads a leader Lease
+    // held for an hour (a settled term); two share the file system without one.
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let lease =
+        lease::FakeLease::start("kube-system", "s3files-csi-dev", "controller-0", hour_ago).await;
+    let mut controllers = Vec::new();
+    let mut channels = Vec::new();
+    for n in 0..a.controllers {
+        let socket = dir.path().join(format!("csi-{n}.sock"));
+        let endpoint = Endpoint::Unix(socket.clone());
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_s3files-csi"));
+        command
+            .args([
+                "controller",
+                "--endpoint",
+                &endpoint.to_string(),
+                "--api-rate-limit",
+                &a.rate.to_string(),
+            ])
+            .env("AWS_ENDPOINT_URL_S3FILES", &url)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("RUST_LOG", "warn");
+        if a.controllers == 1 {
+            command
+                .args(["--leader-lease", &lease.flag()])
+                .env("KUBECONFIG", lease.kubeconfig());
+        }
+        controllers.push(command.spawn()?);
+        s3files_csi::client::wait_ready(&endpoint, Duration::from_secs(30)).await?;
+        channels.push(s3files_csi::client::connect(&endpoint).await?);
+    }
 
     let before_calls = calls(&emu, |_| true);
     let before_throttles = calls(&emu, |o| o == "ThrottlingException");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.concurrency {
-        let mut client = ControllerClient::new(channel.clone());
+        let mut client = ControllerClient::new(channels[w % channels.len()].clone());
         let (fs_id, n, c) = (fs.id.clone(), a.volumes, a.concurrency);
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -294,24 +327,34 @@ async fn main() -> anyhow::Result<()> {
     }
     let create_secs = start.elapsed().as_secs_f64();
     let create_calls = calls(&emu, |_| true) - before_calls;
-    // GIDs held by more than one of the volumes' access points (must be 0).
-    let mut seen = std::collections::HashMap::new();
+    // GIDs a volume's access point shares with another access point, pre-existing ones
+    // included (must be 0).
+    let mut seen: std::collections::HashMap<u32, (usize, bool)> = std::collections::HashMap::new();
     for ap in cloud.list_access_points(&fs.id).await? {
         let ours = ap
             .root_path
             .as_deref()
             .is_some_and(|p| p.starts_with("/pvc-bench-"));
-        if let (true, Some(u)) = (ours, ap.posix_user) {
-            *seen.entry(u.gid).or_insert(0usize) += 1;
+        if let Some(u) = ap.posix_user {
+            let entry = seen.entry(u.gid).or_default();
+            entry.0 += 1;
+            entry.1 |= ours;
         }
     }
-    let collisions: usize = seen.values().filter(|n| **n > 1).map(|n| n - 1).sum();
+    let collisions: usize = seen
+        .values()
+        .filter(|(n, ours)| *n > 1 && *ours)
+        .map(|(n, _)| n - 1)
+        .sum();
     let create_throttles = calls(&emu, |o| o == "ThrottlingException") - before_throttles;
 
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for chunk in ids.chunks(ids.len().div_ceil(a.concurrency).max(1)) {
-        let mut client = ControllerClient::new(channel.clone());
+    for (k, chunk) in ids
+        .chunks(ids.len().div_ceil(a.concurrency).max(1))
+        .enumerate()
+    {
+        let mut client = ControllerClient::new(channels[k % channels.len()].clone());
         let chunk = chunk.to_vec();
         tasks.push(tokio::spawn(async move {
             let mut failed = 0;
@@ -335,7 +378,9 @@ async fn main() -> anyhow::Result<()> {
         delete_failures += t.await?;
     }
     let delete_secs = start.elapsed().as_secs_f64();
-    let _ = controller.kill();
+    for mut controller in controllers {
+        let _ = controller.kill();
+    }
 
     latencies.sort();
     let rate = a.volumes as f64 / create_secs;
@@ -344,8 +389,19 @@ async fn main() -> anyhow::Result<()> {
         a.volumes, a.concurrency, a.existing
     );
     println!(
-        "emulated API rate limit          {:>10.1} calls/s per operation; access points ready after {} s",
-        a.rate, a.ready_after
+        "controllers                      {:>10} ({})",
+        a.controllers,
+        if a.controllers == 1 {
+            "reading a leader Lease in a settled term"
+        } else {
+            "both serving, no Lease: every GID checked"
+        }
+    );
+    println!(
+        "emulated API rate limit          {:>10.1} calls/s per operation (controller's limit {:.1}); access points ready after {} s",
+        a.service_rate.unwrap_or(a.rate),
+        a.rate,
+        a.ready_after
     );
     println!(
         "baseline raw CreateAccessPoint   {:>10.1} calls/s ({:.2} of the limit)",
@@ -373,9 +429,10 @@ async fn main() -> anyhow::Result<()> {
         create_throttles
     );
     println!(
-        "achieved API rate                {:>10.1} calls/s ({:.2} of the controller's limit)",
+        "achieved API rate                {:>10.1} calls/s ({:.2} of the controller's limit, {:.2} of the service's)",
         create_calls as f64 / create_secs,
-        create_calls as f64 / create_secs / a.rate
+        create_calls as f64 / create_secs / a.rate,
+        create_calls as f64 / create_secs / a.service_rate.unwrap_or(a.rate)
     );
     println!("GID collisions found             {:>10}", collisions);
     println!("CreateVolume failures            {:>10}", failures);

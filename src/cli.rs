@@ -460,4 +460,20 @@ mod tests {
             .expect_err("must fail");
         assert!(err.to_string().contains("unix://"), "{err}");
     }
+
+    #[test]
+    fn the_leader_lease_is_a_namespace_and_an_optional_name() {
+        assert_eq!(
+            parse_lease("kube-system"),
+            Ok(("kube-system".to_owned(), None))
+        );
+        assert_eq!(
+            parse_lease("storage/s3files-csi-dev"),
+            Ok(("storage".to_owned(), Some("s3files-csi-dev".to_owned())))
+        );
+        for bad in ["", "Kube-System", "ns/", "/name", "ns/a b", "-ns"] {
+            let err = parse_lease(bad).expect_err(bad);
+            assert!(err.contains("NAMESPACE/NAME"), "{err}");
+        }
+    }
 }

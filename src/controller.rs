@@ -10,12 +10,13 @@
 
 pub mod events;
 pub mod gid;
+pub mod listings;
 pub mod params;
 pub mod terms;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -29,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
 use gid::GidAllocator;
+use listings::Listings;
 use params::{OnDelete, ProvisionParams};
 use terms::{Term, TermClock, TermSource};
 
@@ -144,15 +146,6 @@ struct FsInfo {
 /// A file system's cached facts and when they were fetched.
 type FsSlot = Arc<tokio::sync::Mutex<Option<(Instant, FsInfo)>>>;
 
-/// A listing of a file system's access points, shared by the verifications waiting for it.
-struct Listing {
-    started: Instant,
-    wall: SystemTime,
-    access_points: Arc<Vec<AccessPoint>>,
-}
-
-type ListingSlot = Arc<tokio::sync::Mutex<Option<Listing>>>;
-
 /// What every attempt of one CreateVolume sends.
 #[derive(Clone, Copy)]
 struct Attempt<'a> {
@@ -169,8 +162,7 @@ struct Inner {
     config: ControllerConfig,
     gids: GidAllocator,
     terms: TermClock,
-    /// The last verification listing per file system.
-    listings: Mutex<HashMap<String, ListingSlot>>,
+    listings: Listings,
     /// One slot per file system; its async lock makes concurrent requests wait for a single
     /// fetch instead of each calling the API (a cold start with 16 requests in flight would
     /// otherwise cost 32 calls).
@@ -236,7 +228,7 @@ impl ControllerService {
                 config,
                 gids,
                 terms,
-                listings: Mutex::new(HashMap::new()),
+                listings: Listings::default(),
                 fs_cache: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
             }),
@@ -407,7 +399,7 @@ impl ControllerService {
                 )));
             }
         };
-        let ap = self.wait_available(ap).await?;
+        let ap = self.wait_available(&params.file_system_id, ap).await?;
         let handle = VolumeHandle::for_access_point(&params.file_system_id, &ap.id);
         let accessible_topology = zones
             .into_iter()
@@ -624,7 +616,11 @@ impl ControllerService {
             return Ok(None);
         };
         let fs_id = params.file_system_id.as_str();
-        let (wall, listing) = self.listing_after(fs_id, Instant::now()).await?;
+        let (wall, listing) = self
+            .inner
+            .listings
+            .after(&*self.inner.cloud, fs_id, Instant::now())
+            .await?;
         let listed = listing
             .iter()
             .filter_map(|a| a.posix_user.as_ref().map(|u| u.gid))
@@ -640,46 +636,16 @@ impl ControllerService {
             .map(|other| other.id.clone()))
     }
 
-    /// The file system's access points by a listing that started after `after`: the one a
-    /// concurrent caller is running or ran, or a new one.
-    async fn listing_after(
-        &self,
-        fs_id: &str,
-        after: Instant,
-    ) -> Result<(SystemTime, Arc<Vec<AccessPoint>>)> {
-        let slot = self
-            .inner
-            .listings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(fs_id.to_owned())
-            .or_default()
-            .clone();
-        let mut slot = slot.lock().await;
-        if let Some(shared) = slot.as_ref()
-            && shared.started >= after
-        {
-            return Ok((shared.wall, shared.access_points.clone()));
-        }
-        let (started, wall) = (Instant::now(), SystemTime::now());
-        let access_points = Arc::new(self.inner.cloud.list_access_points(fs_id).await?);
-        *slot = Some(Listing {
-            started,
-            wall,
-            access_points: access_points.clone(),
-        });
-        Ok((wall, access_points))
-    }
-
     /// The GIDs the access points of file system `fs` hold, for the allocator's view.
     async fn used_gids(&self, fs: &str) -> Result<std::collections::BTreeSet<u32>> {
-        Ok(self
+        let (_, listing) = self
             .inner
-            .cloud
-            .list_access_points(fs)
-            .await?
-            .into_iter()
-            .filter_map(|ap| ap.posix_user.map(|u| u.gid))
+            .listings
+            .after(&*self.inner.cloud, fs, Instant::now())
+            .await?;
+        Ok(listing
+            .iter()
+            .filter_map(|ap| ap.posix_user.as_ref().map(|u| u.gid))
             .collect())
     }
 
@@ -716,8 +682,14 @@ impl ControllerService {
         Ok(None)
     }
 
-    async fn wait_available(&self, mut ap: AccessPoint) -> Result<AccessPoint> {
+    /// Polls until `ap` is available: by GetAccessPoint, or by a listing shared with the other
+    /// access points of the file system waiting at the same time when that costs less.
+    async fn wait_available(&self, fs_id: &str, mut ap: AccessPoint) -> Result<AccessPoint> {
+        let listings = &self.inner.listings;
+        let _waiting = listings.waiting(fs_id);
         let deadline = Instant::now() + self.inner.config.ready_timeout;
+        // When `ap`'s status was last read: any listing begun since then is news.
+        let mut read_at = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
             match &ap.status {
@@ -738,6 +710,15 @@ impl ControllerService {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(2));
+            let since = std::mem::replace(&mut read_at, Instant::now());
+            if listings.poll_by_listing(fs_id) {
+                let (_, listing) = listings.after(&*self.inner.cloud, fs_id, since).await?;
+                // List entries carry no tags or token: take the status only.
+                if let Some(listed) = listing.iter().find(|a| a.id == ap.id) {
+                    ap.status = listed.status.clone();
+                    continue;
+                }
+            }
             ap = self.inner.cloud.get_access_point(&ap.id).await?;
         }
     }

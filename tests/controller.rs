@@ -1002,3 +1002,31 @@ async fn a_zone_whose_mount_target_is_being_deleted_is_not_offered() {
         "a deleting mount target serves no mounts"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_waits_for_readiness_on_shared_listings() {
+    let lease = settled_lease().await;
+    let stack = ControllerStack::start_with_lease(test_config(), &[], &lease).await;
+    // Each new access point is creating for 1 s: alone, a volume polls about four times.
+    stack.emulator.emulator.set_ready_after(1.0);
+    let client = ControllerClient::new(stack.plugin.channel().await);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        let req = request(&stack, &format!("pvc-ready-{i}"), &[]);
+        tasks.push(tokio::spawn(async move { create(&mut client, req).await }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let faults = &stack.emulator.emulator.faults;
+    let gets = faults.calls("GetAccessPoint", "ok");
+    let lists = faults.calls("ListAccessPoints", "ok");
+    // One listing is the GID view; the rest answered readiness for every waiting volume.
+    assert!(
+        gets + lists <= 20,
+        "{gets} GetAccessPoint and {lists} ListAccessPoints for 20 volumes"
+    );
+    eprintln!("{gets} GetAccessPoint and {lists} ListAccessPoints for 20 volumes");
+    assert!(lists >= 2, "readiness came from listings: {lists}");
+}
