@@ -4,7 +4,7 @@
 //! API calls per CreateVolume (from the emulator's counters), and the achieved rate as a ratio
 //! of the limit, next to a baseline of raw SDK CreateAccessPoint calls in the same run.
 //!
-//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000] [--ready-after 0] [--service-rate R] [--controllers 1]`
+//! `cargo bench --bench provision -- [--volumes 1000] [--concurrency 16] [--rate 50] [--existing 5000] [--ready-after 0] [--service-rate R] [--controllers 1] [--retry-mode adaptive]`
 //!
 //! `--ready-after S` keeps new access points `creating` for S seconds, so CreateVolume polls for
 //! readiness as it does against the service. `--service-rate R` limits the emulated service to R
@@ -37,6 +37,7 @@ struct Args {
     ready_after: f64,
     service_rate: Option<f64>,
     controllers: usize,
+    retry_mode: String,
 }
 
 fn args() -> Args {
@@ -48,6 +49,7 @@ fn args() -> Args {
         ready_after: 0.0,
         service_rate: None,
         controllers: 1,
+        retry_mode: "adaptive".to_owned(),
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -62,6 +64,7 @@ fn args() -> Args {
             "--service-rate" => {
                 a.service_rate = Some(value.parse().expect("--service-rate CALLS_PER_SECOND"))
             }
+            "--retry-mode" => a.retry_mode = value.clone(),
             "--controllers" => {
                 a.controllers = value.parse().expect("--controllers 1|2");
                 assert!((1..=2).contains(&a.controllers), "--controllers 1|2");
@@ -254,6 +257,8 @@ async fn main() -> anyhow::Result<()> {
                 &endpoint.to_string(),
                 "--api-rate-limit",
                 &a.rate.to_string(),
+                "--api-retry-mode",
+                &a.retry_mode,
             ])
             .env("AWS_ENDPOINT_URL_S3FILES", &url)
             .env("AWS_REGION", "us-east-1")
@@ -398,9 +403,10 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     println!(
-        "emulated API rate limit          {:>10.1} calls/s per operation (controller's limit {:.1}); access points ready after {} s",
+        "emulated API rate limit          {:>10.1} calls/s per operation (controller's limit {:.1}, {} retry); access points ready after {} s",
         a.service_rate.unwrap_or(a.rate),
         a.rate,
+        a.retry_mode,
         a.ready_after
     );
     println!(

@@ -9,9 +9,11 @@
 //! arrival order (a fair mutex) for a token of the client-side rate limit, so `--api-rate-limit`
 //! bounds what the service sees and no volume's calls are starved by others'. The SDK's own
 //! retries are off; [`AwsS3Files`] retries throttled and transient failures itself (exponential
-//! backoff with jitter, `backon`), each retry paced like a first attempt. In adaptive mode a run
-//! of throttled answers also holds every call back for one initial backoff, so a service whose
-//! limit is below the client's is not hammered; isolated throttles slow only their own call.
+//! backoff with jitter, `backon`), each retry paced like a first attempt. In adaptive mode every
+//! throttled answer also lowers the client's send rate (to 0.7 of what it was, additive increase
+//! back to the limit with each answer that is not a throttle), and a run of throttled answers
+//! holds every call back for one initial backoff, so a service whose limit is below the client's
+//! is met at its own rate instead of hammered.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -73,6 +75,22 @@ struct Retries {
 /// Throttled answers in a row that make an adaptive client hold every call back.
 const THROTTLE_RUN: u32 = 3;
 
+/// What an adaptive client's send rate is multiplied by on a throttled answer.
+const SLOW_DOWN: f64 = 0.7;
+/// The part of the limit an adaptive client's send rate regains per answer that is no throttle.
+const SPEED_UP: f64 = 0.02;
+/// The least send rate an adaptive client slows to, calls per second.
+const SLOWEST: f64 = 0.5;
+/// The rate an adaptive client without a limit slows down from.
+const UNLIMITED_START: f64 = 50.0;
+
+/// An adaptive client's lowered send rate, if lowered, and when the last attempt was sent.
+#[derive(Default)]
+struct Slowed {
+    rate: Option<f64>,
+    last_sent: Option<tokio::time::Instant>,
+}
+
 /// The pacing every attempt goes through.
 struct Pacer {
     limiter: Option<DefaultDirectRateLimiter>,
@@ -81,6 +99,22 @@ struct Pacer {
     /// Set by a run of throttles in adaptive mode: nothing is sent before it.
     hold_until: std::sync::Mutex<Option<tokio::time::Instant>>,
     throttled_in_a_row: std::sync::atomic::AtomicU32,
+    /// The configured limit (calls per second), and the lowered rate under it.
+    limit: Option<f64>,
+    slowed: std::sync::Mutex<Slowed>,
+}
+
+impl Pacer {
+    /// An answer came back: a throttle lowers the send rate, anything else raises it again.
+    fn answered(&self, throttled: bool) {
+        let limit = self.limit.unwrap_or(UNLIMITED_START);
+        let mut slowed = self.slowed.lock().unwrap_or_else(|p| p.into_inner());
+        slowed.rate = match (throttled, slowed.rate) {
+            (true, rate) => Some((rate.unwrap_or(limit) * SLOW_DOWN).max(SLOWEST)),
+            (false, Some(rate)) => Some(rate + limit * SPEED_UP).filter(|r| *r < limit),
+            (false, None) => None,
+        };
+    }
 }
 
 /// The SDK-backed client.
@@ -136,6 +170,8 @@ impl AwsS3Files {
                 queue: tokio::sync::Mutex::new(()),
                 hold_until: std::sync::Mutex::new(None),
                 throttled_in_a_row: std::sync::atomic::AtomicU32::new(0),
+                limit: rate_limit.filter(|r| *r > 0.0 && r.is_finite()),
+                slowed: std::sync::Mutex::new(Slowed::default()),
             }),
             // An SDK client built elsewhere keeps its own retry settings: one attempt here.
             retries: Retries {
@@ -161,6 +197,21 @@ impl AwsS3Files {
         if let Some(limiter) = &self.pacer.limiter {
             limiter.until_ready().await;
         }
+        let next = {
+            let slowed = self.pacer.slowed.lock().unwrap_or_else(|p| p.into_inner());
+            slowed
+                .rate
+                .zip(slowed.last_sent)
+                .map(|(rate, last)| last + Duration::from_secs_f64(1.0 / rate))
+        };
+        if let Some(next) = next {
+            tokio::time::sleep_until(next).await;
+        }
+        self.pacer
+            .slowed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_sent = Some(tokio::time::Instant::now());
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the attempts are spent; every
@@ -186,6 +237,9 @@ impl AwsS3Files {
             this.pace().await;
             let result = attempt().await;
             use std::sync::atomic::Ordering;
+            if adaptive {
+                pacer.answered(matches!(result, Err(CloudError::Throttled(_))));
+            }
             match &result {
                 Err(CloudError::Throttled(_)) => {
                     let run = pacer.throttled_in_a_row.fetch_add(1, Ordering::SeqCst) + 1;
@@ -673,5 +727,44 @@ mod tests {
             c.attempts(|| async { Ok(()) }).await.expect("ok");
             assert_eq!(c.pacer.throttled_in_a_row.load(Ordering::SeqCst), 0);
         }
+    }
+
+    #[tokio::test]
+    async fn throttles_lower_an_adaptive_clients_rate_and_answers_raise_it_to_the_limit() {
+        let c = client(Some(10.0), 1, true);
+        let rate = || c.pacer.slowed.lock().expect("lock").rate;
+        assert_eq!(rate(), None, "at the limit");
+        c.pacer.answered(true);
+        assert_eq!(rate(), Some(7.0));
+        c.pacer.answered(true);
+        assert!((rate().expect("slowed") - 4.9).abs() < 1e-9);
+        for _ in 0..200 {
+            c.pacer.answered(true);
+        }
+        assert_eq!(rate(), Some(SLOWEST));
+        // Each answer that is no throttle gives back 2% of the limit, until the limit.
+        c.pacer.answered(false);
+        assert!((rate().expect("slowed") - 0.7).abs() < 1e-9);
+        for _ in 0..47 {
+            c.pacer.answered(false);
+        }
+        assert_eq!(rate(), None);
+        // A slowed client spaces its attempts.
+        c.pacer.slowed.lock().expect("lock").rate = Some(20.0);
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            c.pace().await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(190),
+            "{:?}",
+            started.elapsed()
+        );
+        // Standard mode never slows.
+        let s = client(Some(10.0), 2, false);
+        let _ = s
+            .attempts(|| async { Err::<(), _>(CloudError::Throttled("t".into())) })
+            .await;
+        assert_eq!(s.pacer.slowed.lock().expect("lock").rate, None);
     }
 }
