@@ -138,6 +138,18 @@ async fn every_operation_the_driver_uses_works_through_the_sdk() {
     assert!(matches!(again, CloudError::NotFound(_)), "{again:?}");
 
     cloud.delete_mount_target(&mt.id).await.expect("delete mt");
+    // The mount target is deleting for a while; the file system goes once it is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while cloud
+        .list_mount_targets(&fs_id)
+        .await
+        .expect("list")
+        .iter()
+        .any(|m| m.id == mt.id)
+    {
+        assert!(std::time::Instant::now() < deadline, "the mount target never went");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     cloud.delete_file_system(&fs_id).await.expect("delete fs");
     assert!(matches!(
         cloud.get_file_system(&fs_id).await,
