@@ -147,7 +147,10 @@ async fn every_operation_the_driver_uses_works_through_the_sdk() {
         .iter()
         .any(|m| m.id == mt.id)
     {
-        assert!(std::time::Instant::now() < deadline, "the mount target never went");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount target never went"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     cloud.delete_file_system(&fs_id).await.expect("delete fs");

@@ -33,6 +33,19 @@ fn spawn_emulator(port: u16, state: &std::path::Path, buckets: &std::path::Path)
         .expect("spawn emulator")
 }
 
+/// A new file system on bucket `name`; its id.
+async fn file_system(c: &aws_sdk_s3files::Client, name: &str) -> String {
+    c.create_file_system()
+        .bucket(format!("arn:aws:s3:::{name}"))
+        .role_arn(ROLE)
+        .send()
+        .await
+        .expect("fs")
+        .file_system_id()
+        .expect("id")
+        .to_owned()
+}
+
 async fn wait_up(client: &aws_sdk_s3files::Client) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.list_file_systems().send().await.is_err() {
@@ -206,16 +219,7 @@ async fn lifecycle_rules_give_the_models_conflicts() {
         .insert("subnet-0aaaaaaaaaaaaaaa2".into(), "use1-az1".into());
     let emu = RunningEmulator::start(config).await;
     let c = emu.sdk();
-    let fs_id = c
-        .create_file_system()
-        .bucket("arn:aws:s3:::life2")
-        .role_arn(ROLE)
-        .send()
-        .await
-        .expect("fs")
-        .file_system_id()
-        .expect("id")
-        .to_owned();
+    let fs_id = file_system(&c, "life2").await;
     let mt = c
         .create_mount_target()
         .file_system_id(&fs_id)
@@ -260,16 +264,7 @@ async fn a_deleted_mount_target_is_deleting_for_a_while_and_holds_its_zone() {
     }
     let emu = RunningEmulator::start(config).await;
     let c = emu.sdk();
-    let fs_id = c
-        .create_file_system()
-        .bucket("arn:aws:s3:::deleting")
-        .role_arn(ROLE)
-        .send()
-        .await
-        .expect("fs")
-        .file_system_id()
-        .expect("id")
-        .to_owned();
+    let fs_id = file_system(&c, "deleting").await;
     let mt_id = c
         .create_mount_target()
         .file_system_id(&fs_id)
@@ -363,16 +358,7 @@ async fn a_deleted_mount_target_is_deleting_for_a_while_and_holds_its_zone() {
 async fn synchronization_configuration_uses_optimistic_versions() {
     let emu = RunningEmulator::start(test_config()).await;
     let c = emu.sdk();
-    let fs_id = c
-        .create_file_system()
-        .bucket("arn:aws:s3:::sync")
-        .role_arn(ROLE)
-        .send()
-        .await
-        .expect("fs")
-        .file_system_id()
-        .expect("id")
-        .to_owned();
+    let fs_id = file_system(&c, "sync").await;
     let default = c
         .get_synchronization_configuration()
         .file_system_id(&fs_id)
@@ -434,16 +420,7 @@ async fn synchronization_configuration_uses_optimistic_versions() {
 async fn policies_and_tags_round_trip() {
     let emu = RunningEmulator::start(test_config()).await;
     let c = emu.sdk();
-    let fs_id = c
-        .create_file_system()
-        .bucket("arn:aws:s3:::pol")
-        .role_arn(ROLE)
-        .send()
-        .await
-        .expect("fs")
-        .file_system_id()
-        .expect("id")
-        .to_owned();
+    let fs_id = file_system(&c, "pol").await;
     let missing = c
         .get_file_system_policy()
         .file_system_id(&fs_id)

@@ -60,6 +60,17 @@ async fn get_lease(
     (StatusCode::OK, lease.to_string())
 }
 
+/// A kubeconfig for an unauthenticated API server at `url`.
+pub fn write_kubeconfig(path: &std::path::Path, url: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+}
+
 impl FakeLease {
     /// Serves Lease `namespace/name` held by `holder` since `acquired`.
     pub async fn start(namespace: &str, name: &str, holder: &str, acquired: SystemTime) -> Self {
@@ -82,13 +93,7 @@ impl FakeLease {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, app).await.expect("fake lease api") });
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(
-            dir.path().join("kubeconfig"),
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-            ),
-        )
-        .expect("kubeconfig");
+        write_kubeconfig(&dir.path().join("kubeconfig"), &url);
         FakeLease {
             namespace: namespace.to_owned(),
             name: name.to_owned(),

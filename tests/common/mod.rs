@@ -362,13 +362,5 @@ pub async fn serve_in_process(
     }
 }
 
-/// A kubeconfig for an unauthenticated API server at `url`.
-pub fn write_kubeconfig(path: &std::path::Path, url: &str) {
-    std::fs::write(
-        path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
-        ),
-    )
-    .expect("kubeconfig");
-}
+#[allow(unused_imports)] // used by some of the test crates that share this module
+pub use lease::write_kubeconfig;
