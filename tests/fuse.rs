@@ -660,6 +660,82 @@ async fn close_waits_for_an_upload_another_close_started(backend: Backend) {
     .expect("two closes");
 }
 
+/// Aborts the FUSE connection of the mount at `target`: every call waiting on a hung daemon
+/// then fails with ENOTCONN instead of hanging the test.
+fn abort_connection(target: &Path) {
+    // Not stat(2): that would wait on the hung daemon too. The device is in the mount table.
+    let table =
+        mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
+    let Some(minor) = mountinfo::mount_at(&table, target).and_then(|m| {
+        m.major_minor
+            .split_once(':')
+            .map(|(_, minor)| minor.to_owned())
+    }) else {
+        return;
+    };
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if !connections.join(&minor).exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(connections)
+            .status();
+    }
+    let _ = std::fs::write(connections.join(&minor).join("abort"), "1");
+}
+
+/// Many threads open, write, chmod, unlink and close one file at once: every call answers
+/// within the deadline (the daemon once deadlocked when a release's upload failed because the
+/// file had been unlinked).
+async fn concurrent_chmod_open_unlink_and_release_of_one_file_never_hang(backend: Backend) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
+    let path = m.target.join("busy.txt");
+    let (done, finished) = std::sync::mpsc::channel();
+    for t in 0..8u32 {
+        let (path, done) = (path.clone(), done.clone());
+        std::thread::spawn(move || {
+            for i in 0..40u32 {
+                let opened = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o644)
+                    .open(&path);
+                let Ok(mut f) = opened else { continue };
+                let _ = f.write_all(format!("thread {t} round {i}\n").as_bytes());
+                let mode = if (t + i) % 2 == 0 { 0o600 } else { 0o2755 };
+                let _ = f.set_permissions(std::fs::Permissions::from_mode(mode));
+                if (t + i) % 3 == 0 {
+                    let _ = std::fs::remove_file(&path);
+                }
+                let _ = close(f);
+            }
+            let _ = done.send(t);
+        });
+    }
+    drop(done);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut left = 8;
+    while left > 0 {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        match finished.recv_timeout(wait) {
+            Ok(_) => left -= 1,
+            Err(_) => {
+                let log = m.log();
+                abort_connection(&m.target);
+                panic!("{left} of 8 threads still in a file system call after 60 s\n{log}");
+            }
+        }
+    }
+    // The mount still answers.
+    std::fs::write(m.target.join("after.txt"), b"alive").expect("write after the storm");
+    assert_eq!(
+        std::fs::read(m.target.join("after.txt")).expect("read"),
+        b"alive"
+    );
+}
+
 /// Each scenario against a local bucket directory and against moto.
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
@@ -689,7 +765,8 @@ on_both_backends!(
     renaming_onto_an_existing_file_replaces_it,
     close_waits_for_an_upload_another_close_started,
     ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user,
-    a_large_file_rewritten_behind_its_uploaded_parts_is_still_right
+    a_large_file_rewritten_behind_its_uploaded_parts_is_still_right,
+    concurrent_chmod_open_unlink_and_release_of_one_file_never_hang
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

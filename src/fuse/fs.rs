@@ -831,7 +831,11 @@ impl ObjectFs {
         staging: Shared,
         stream: Option<Arc<Mutex<Streaming>>>,
     ) -> Result<(), Errno> {
-        let node = self.node(ino)?;
+        let Ok(node) = self.node(ino) else {
+            // Unlinked while open: as on a local disk, its bytes go with it.
+            tracing::debug!(ino, "not uploading a file unlinked while open");
+            return Ok(());
+        };
         let streamed = match stream {
             Some(stream) => {
                 let mut stream = stream.lock().unwrap_or_else(|p| p.into_inner());
@@ -1682,8 +1686,11 @@ impl Filesystem for ObjectFs {
         reply: ReplyEmpty,
     ) {
         let result = self.flush_handle(fh.0);
-        if let Some(open) = self.tables().handles.remove(&fh.0)
-            && let Err(e) = result
+        // Taken out in a statement of its own: the guard of an `if let` scrutinee lives through
+        // the block, and `self.node` below locks the tables again.
+        let open = self.tables().handles.remove(&fh.0);
+        if let Some(open) = open
+            && let Err(e) = &result
         {
             // The last chance for this handle's bytes: nobody sees a release's error.
             let path = self.node(open.ino).map(|n| n.path).unwrap_or_default();
