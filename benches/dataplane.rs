@@ -702,7 +702,7 @@ impl Server {
         if a.server == ServerKind::Moto || a.s3_url.is_some() {
             // Versioned, as S3 Files requires of its buckets (rclone also relies on it with
             // moto: it checks uploads by version id). s3s-fs has no versioning.
-            s3files_csi::http1::ensure_versioned_bucket(&url, &bucket).await?;
+            s3files_csi::plain_http::ensure_versioned_bucket(&url, &bucket).await?;
         }
         let client = |key_id: &str| -> anyhow::Result<Arc<dyn ObjectStore>> {
             Ok(Arc::new(

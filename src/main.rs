@@ -422,7 +422,7 @@ async fn emulator(args: EmulatorArgs) -> anyhow::Result<ExitCode> {
             // The object store may still be starting (a pod next to this one): retry a while.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
             loop {
-                match s3files_csi::http1::ensure_versioned_bucket(endpoint, name).await {
+                match s3files_csi::plain_http::ensure_versioned_bucket(endpoint, name).await {
                     Ok(()) => break,
                     Err(e) if std::time::Instant::now() < deadline => {
                         tracing::info!(error = %format!("{e:#}"), "waiting for the object store");

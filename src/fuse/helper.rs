@@ -78,7 +78,7 @@ pub fn parse(source: &str, target: &Path, options: Option<&str>) -> anyhow::Resu
 
 /// Asks the emulator where bucket data lives (`GET /_emulator/storage`).
 async fn emulator_storage(endpoint: &str) -> anyhow::Result<DataLocation> {
-    let (status, body) = crate::http1::request(endpoint, "GET", "/_emulator/storage", "")
+    let (status, body) = crate::plain_http::request(endpoint, "GET", "/_emulator/storage", "")
         .await
         .with_context(|| format!("asking {endpoint} where bucket data lives"))?;
     if status != 200 {

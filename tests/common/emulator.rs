@@ -122,7 +122,7 @@ pub fn sdk_client(url: &str, attempts: u32) -> aws_sdk_s3files::Client {
 }
 
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    s3files_csi::http1::request(&format!("http://{addr}"), method, path, body)
+    s3files_csi::plain_http::request(&format!("http://{addr}"), method, path, body)
         .await
         .expect("http request")
 }

@@ -88,7 +88,7 @@ impl S3Server {
     /// Creates `bucket` with versioning on, as S3 Files requires (moto does not check
     /// signatures, so bare requests do).
     pub async fn create_bucket(&self, bucket: &str) {
-        s3files_csi::http1::ensure_versioned_bucket(&self.url, bucket)
+        s3files_csi::plain_http::ensure_versioned_bucket(&self.url, bucket)
             .await
             .expect("create the bucket, versioned");
         let path = format!("/{bucket}?versioning");
