@@ -26,6 +26,7 @@ use crate::cloud::{
     AccessPoint, CloudError, CreationPermissions, LifeCycle, NewAccessPoint, PosixUser, S3Files,
 };
 use crate::csi::{self, controller_server::Controller, controller_service_capability};
+use crate::data::DataStore;
 use crate::error::{Error, Result};
 use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
@@ -125,13 +126,6 @@ impl Default for ControllerConfig {
             gid_settle: Duration::from_secs(120),
         }
     }
-}
-
-/// Deletes a volume's files through the S3 API (see `crate::data`).
-#[tonic::async_trait]
-pub trait DataStore: Send + Sync + 'static {
-    /// Deletes every object under `prefix` of `bucket` (a bucket ARN); returns how many.
-    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64>;
 }
 
 /// What the controller knows about a file system.

@@ -17,8 +17,15 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::controller::DataStore;
 use crate::error::{Error, Result};
+
+/// Deletes a volume's files through the S3 API: what the controller needs of [`ObjectData`] for
+/// `onDelete: delete`.
+#[tonic::async_trait]
+pub trait DataStore: Send + Sync + 'static {
+    /// Deletes every object under `prefix` of `bucket` (a bucket ARN); returns how many.
+    async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<u64>;
+}
 
 /// Where bucket data lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
