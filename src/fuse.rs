@@ -14,11 +14,17 @@
 //! the file) and are uploaded when the file is flushed, fsynced or closed, so a reader opening
 //! the file after the writer closed it sees the data. docs/ARCHITECTURE.md has the design.
 
+mod access;
+mod dircache;
+mod error;
 pub mod fs;
+mod handles;
 pub mod helper;
+mod inodes;
+mod kernel;
 pub mod objects;
 pub mod prefetch;
 pub mod staging;
-pub mod stream;
 #[cfg(test)]
 mod test_store;
+mod writer;

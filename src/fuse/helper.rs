@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use super::fs::{DIR_MARKER, Groups, Identity, ObjectFs, User};
+use super::access::{Groups, Identity, User};
+use super::fs::{DIR_MARKER, ObjectFs};
+use super::kernel::Kernel;
 use super::objects::{Objects, Posix, S_IFDIR};
 
 /// Read-ahead memory per mount.
@@ -141,7 +143,7 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
                 uid: c.owner_uid,
                 gid: c.owner_gid,
                 mode: S_IFDIR | u32::from_str_radix(&c.permissions, 8).unwrap_or(0o755) & 0o7777,
-                mtime: None,
+                ..Posix::default()
             });
             (ap.root_path.unwrap_or_else(|| "/".into()), user, creation)
         }
@@ -184,7 +186,7 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
                 uid: identity.default_uid,
                 gid: identity.default_gid,
                 mode: S_IFDIR | 0o755,
-                mtime: None,
+                ..Posix::default()
             });
             objects
                 .put(
@@ -197,13 +199,9 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
         }
     }
     let staging = tempfile::tempdir().context("staging directory")?;
-    let filesystem = ObjectFs::new(
-        objects,
-        &root,
-        identity,
+    let filesystem = Kernel::new(
+        ObjectFs::new(objects, &root, identity, staging.path(), PREFETCH_BUDGET).await,
         tokio::runtime::Handle::current(),
-        staging.path().to_owned(),
-        PREFETCH_BUDGET,
     );
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -30,7 +30,7 @@ pub const S_IFLNK: u32 = 0o120_000;
 const XATTR_PREFIX: &str = "user.s3meta.";
 
 /// POSIX attributes of one file, directory or symbolic link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Posix {
     pub uid: u32,
     pub gid: u32,
@@ -38,6 +38,11 @@ pub struct Posix {
     pub mode: u32,
     /// Set by `touch -d` and friends; otherwise the object's last-modified time counts.
     pub mtime: Option<SystemTime>,
+    /// Set by `touch -a` and friends; otherwise the modification time counts.
+    pub atime: Option<SystemTime>,
+    /// When the attributes last changed where that rewrote no object (a local bucket's chmod);
+    /// the change time is the later of this and the object's last-modified time.
+    pub ctime: Option<SystemTime>,
 }
 
 impl Posix {
@@ -55,9 +60,14 @@ impl Posix {
         m.insert("uid".into(), self.uid.to_string());
         m.insert("gid".into(), self.gid.to_string());
         m.insert("mode".into(), self.mode.to_string());
-        if let Some(t) = self.mtime {
-            let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-            m.insert("mtime".into(), secs.to_string());
+        for (key, time) in [
+            ("mtime", self.mtime),
+            ("atime", self.atime),
+            ("ctime", self.ctime),
+        ] {
+            if let Some(t) = time {
+                m.insert(key.into(), format_time(t));
+            }
         }
         m
     }
@@ -68,19 +78,37 @@ impl Posix {
         let uid = m.get("uid")?.trim().parse().ok()?;
         let gid = m.get("gid")?.trim().parse().ok()?;
         let mode: u32 = m.get("mode")?.trim().parse().ok()?;
-        // s3fs writes whole seconds; accept fractions too.
-        let mtime = m
-            .get("mtime")
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s));
         Some(Posix {
             uid,
             gid,
             mode,
-            mtime,
+            mtime: m.get("mtime").and_then(|v| parse_time(v)),
+            atime: m.get("atime").and_then(|v| parse_time(v)),
+            ctime: m.get("ctime").and_then(|v| parse_time(v)),
         })
     }
+}
+
+/// Seconds since the epoch, with nanoseconds after a point when there are any (s3fs writes
+/// and reads whole seconds, and stops reading at the point).
+fn format_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    match d.subsec_nanos() {
+        0 => d.as_secs().to_string(),
+        ns => format!("{}.{ns:09}", d.as_secs()),
+    }
+}
+
+fn parse_time(v: &str) -> Option<SystemTime> {
+    let (secs, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
+    let secs: u64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
+    };
+    Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 fn attributes_of(metadata: &BTreeMap<String, String>) -> Attributes {
@@ -316,8 +344,10 @@ fn write_xattrs(local: &LocalFileSystem, key: &ObjectPath, metadata: &BTreeMap<S
             return;
         }
     }
-    if !metadata.contains_key("mtime") {
-        let _ = xattr::remove(&path, format!("{XATTR_PREFIX}mtime"));
+    for key in ["mtime", "atime", "ctime"] {
+        if !metadata.contains_key(key) {
+            let _ = xattr::remove(&path, format!("{XATTR_PREFIX}{key}"));
+        }
     }
 }
 
@@ -332,17 +362,23 @@ mod tests {
             gid: 2000,
             mode: S_IFREG | 0o640,
             mtime: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            atime: Some(UNIX_EPOCH + Duration::new(1_600_000_000, 5)),
+            ctime: None,
         };
         let m = p.to_metadata();
         assert_eq!(m["mode"], "33184", "decimal st_mode, as s3fs writes it");
         assert_eq!(m["mtime"], "1700000000");
+        assert_eq!(m["atime"], "1600000000.000000005", "nanoseconds kept");
         assert_eq!(Posix::from_metadata(&m), Some(p));
         let mut partial = m.clone();
         partial.remove("gid");
         assert_eq!(Posix::from_metadata(&partial), None);
         let mut fractional = m;
         fractional.insert("mtime".into(), "1700000000.5".into());
-        assert!(Posix::from_metadata(&fractional).is_some());
+        assert_eq!(
+            Posix::from_metadata(&fractional).and_then(|p| p.mtime),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000))
+        );
     }
 
     #[tokio::test]
@@ -357,7 +393,7 @@ mod tests {
             uid: 7,
             gid: 8,
             mode: S_IFREG | 0o600,
-            mtime: None,
+            ..Posix::default()
         };
         objects
             .put(&key, PutPayload::from_static(b"x"), posix)

@@ -37,6 +37,11 @@ pub struct Counted {
     /// GETs without and with a range.
     pub whole_gets: AtomicUsize,
     pub ranged_gets: AtomicUsize,
+    /// HEADs (GETs of the head only).
+    pub heads: AtomicUsize,
+    /// Whole-object PUTs and multipart uploads started.
+    pub puts: AtomicUsize,
+    pub multipart_starts: AtomicUsize,
 }
 
 impl Counted {
@@ -62,6 +67,7 @@ impl ObjectStore for Counted {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -70,6 +76,7 @@ impl ObjectStore for Counted {
         location: &ObjectPath,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.multipart_starts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -82,7 +89,9 @@ impl ObjectStore for Counted {
         if ranged {
             self.ranged_gets.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.pace.per_ranged_get).await;
-        } else if !options.head {
+        } else if options.head {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+        } else {
             self.whole_gets.fetch_add(1, Ordering::SeqCst);
         }
         let got = self.inner.get_opts(location, options).await?;

@@ -1,0 +1,315 @@
+//! Opening, reading, writing and changing files.
+
+use std::ffi::OsStr;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+
+use super::{ObjectFs, Stat};
+use crate::fuse::access::{Caller, R, Time, W};
+use crate::fuse::error::FsError;
+use crate::fuse::handles::{Access, FileHandle};
+use crate::fuse::inodes::{Kind, Node};
+use crate::fuse::objects::{Posix, S_IFREG};
+use crate::fuse::prefetch::Prefetch;
+use crate::fuse::writer::Writer;
+
+const O_ACCMODE: i32 = 0o3;
+const O_RDONLY: i32 = 0;
+const O_WRONLY: i32 = 1;
+const O_TRUNC: i32 = 0o1000;
+
+/// What a setattr asks to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    /// The open file a `ftruncate` goes through.
+    pub fh: Option<u64>,
+}
+
+impl ObjectFs {
+    fn writer_for(&self, node: &Node, dirty: bool) -> Writer {
+        // New bytes: the upload's time is the modification time again.
+        let posix = Posix {
+            mtime: None,
+            ..node.posix
+        };
+        Writer::empty(
+            &self.memory,
+            self.staging_dir.clone(),
+            self.key(&node.path),
+            posix,
+            dirty,
+        )
+    }
+
+    /// Opens `ino` with `flags` (open(2)'s); returns the handle.
+    pub async fn open(&self, caller: &Caller, ino: u64, flags: i32) -> Result<u64, FsError> {
+        let node = self.fresh_node(ino).await?;
+        match node.kind() {
+            Kind::Dir => return Err(FsError::IsDir),
+            Kind::Symlink => return Err(FsError::SymlinkOpened),
+            Kind::File => {}
+        }
+        let access = flags & O_ACCMODE;
+        let truncate = flags & O_TRUNC != 0;
+        let want = match access {
+            O_RDONLY => R,
+            O_WRONLY => W,
+            _ => R | W,
+        } | if truncate { W } else { 0 };
+        self.user(caller).check(&node.posix, want)?;
+        let access = if access == O_RDONLY {
+            let body = self.dirs.take_body(ino);
+            let prefetch = (body.is_none() && !self.objects.is_local())
+                .then(|| tokio::sync::Mutex::new(Prefetch::new(&self.read_ahead)));
+            Access::Read { body, prefetch }
+        } else if truncate || node.size == 0 {
+            if truncate {
+                self.inodes.update(ino, |n| {
+                    n.size = 0;
+                    n.posix.mtime = None;
+                });
+            }
+            Access::Write(tokio::sync::Mutex::new(self.writer_for(&node, truncate)))
+        } else {
+            let writer = Writer::of_object(
+                &self.objects,
+                &self.key(&node.path),
+                &self.memory,
+                self.staging_dir.clone(),
+            )
+            .await?;
+            Access::Write(tokio::sync::Mutex::new(writer))
+        };
+        Ok(self.handles.open_file(FileHandle { ino, access }))
+    }
+
+    /// Creates and opens `name` in `parent`. The object exists once the handle is flushed.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<(Stat, u64), FsError> {
+        let (dir, path) = self.writable_child(caller, parent, name).await?;
+        let posix = self
+            .user(caller)
+            .new_posix(&dir.posix, S_IFREG | (mode & 0o7777));
+        let stat = self.created(path, 0, posix);
+        let writer = self.writer_for(&stat.node, true);
+        let fh = self.handles.open_file(FileHandle {
+            ino: stat.ino,
+            access: Access::Write(tokio::sync::Mutex::new(writer)),
+        });
+        Ok((stat, fh))
+    }
+
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
+        let prefetch = match &handle.access {
+            Access::Write(writer) => return Ok(writer.lock().await.read(offset, size)?.into()),
+            Access::Read {
+                body: Some(body), ..
+            } => {
+                let start = (offset as usize).min(body.len());
+                let end = (start + size as usize).min(body.len());
+                return Ok(body.slice(start..end));
+            }
+            Access::Read { prefetch, .. } => prefetch,
+        };
+        let node = self.node(ino)?;
+        if offset >= node.size {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + u64::from(size)).min(node.size);
+        let key = self.key(&node.path);
+        match prefetch {
+            Some(prefetch) => {
+                let mut prefetch = prefetch.lock().await;
+                let got = prefetch
+                    .read(self.objects.store(), &key, offset..end, node.size)
+                    .await?;
+                Ok(got.into())
+            }
+            None => Ok(self.objects.store().get_range(&key, offset..end).await?),
+        }
+    }
+
+    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
+        let Access::Write(writer) = &handle.access else {
+            return Err(FsError::BadHandle);
+        };
+        writer
+            .lock()
+            .await
+            .write(&self.objects, offset, data)
+            .await?;
+        let end = offset + data.len() as u64;
+        self.inodes.update(ino, |n| {
+            n.size = n.size.max(end);
+            n.posix.mtime = None;
+        });
+        Ok(data.len() as u32)
+    }
+
+    /// Uploads what `handle` wrote since its last upload; when this returns, it is in the
+    /// bucket. A file unlinked while open is not uploaded: as on a local disk, its bytes go
+    /// with it.
+    pub(super) async fn flush_handle(&self, handle: &FileHandle) -> Result<(), FsError> {
+        let Access::Write(writer) = &handle.access else {
+            return Ok(());
+        };
+        let mut writer = writer.lock().await;
+        let Some(node) = self.inodes.get(handle.ino) else {
+            tracing::debug!(ino = handle.ino, "not uploading a file unlinked while open");
+            writer.discard().await;
+            return Ok(());
+        };
+        let key = self.key(&node.path);
+        if let Some(size) = writer.upload(&self.objects, &key, node.posix).await? {
+            self.dirs.note(&node.path, Some((Kind::File, size)));
+            self.inodes.update(handle.ino, |n| {
+                n.size = size;
+                n.mtime = SystemTime::now();
+                n.seen = Instant::now();
+            });
+        }
+        Ok(())
+    }
+
+    /// A flush or fsync of handle `fh`.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        match self.handles.file(fh) {
+            Some(handle) => self.flush_handle(&handle).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Closes `fh`, uploading what it wrote. Nobody sees a release's error, so a failed
+    /// upload here is logged as the loss it is.
+    pub async fn release(&self, fh: u64) -> Result<(), FsError> {
+        let result = self.flush(fh).await;
+        if let Some(handle) = self.handles.close_file(fh)
+            && let Err(e) = &result
+        {
+            let path = self
+                .inodes
+                .get(handle.ino)
+                .map(|n| n.path)
+                .unwrap_or_default();
+            tracing::error!(%path, error = %e, "upload at release failed: the bucket does not have this file's last writes");
+        }
+        result
+    }
+
+    /// Changes size, mode, owner or times of `ino`.
+    pub async fn setattr(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        change: SetAttr,
+    ) -> Result<Stat, FsError> {
+        let user = self.user(caller);
+        let node = self.fresh_node(ino).await?;
+        if let Some(size) = change.size {
+            if node.kind() == Kind::Dir {
+                return Err(FsError::IsDir);
+            }
+            let handle = change.fh.and_then(|fh| self.handles.file(fh));
+            match handle.as_deref().map(|h| &h.access) {
+                // ftruncate: the open for writing was the permission check.
+                Some(Access::Write(writer)) => writer.lock().await.set_len(size).await?,
+                Some(Access::Read { .. }) => return Err(FsError::BadHandle),
+                None => {
+                    user.check(&node.posix, W)?;
+                    let mut writer = if size == 0 || node.size == 0 {
+                        self.writer_for(&node, true)
+                    } else {
+                        Writer::of_object(
+                            &self.objects,
+                            &self.key(&node.path),
+                            &self.memory,
+                            self.staging_dir.clone(),
+                        )
+                        .await?
+                    };
+                    writer.set_len(size).await?;
+                    let posix = Posix {
+                        mtime: None,
+                        ..node.posix
+                    };
+                    writer
+                        .upload(&self.objects, &self.key(&node.path), posix)
+                        .await?;
+                }
+            }
+            self.dirs.drop_body(ino);
+            self.inodes.update(ino, |n| {
+                n.size = size;
+                n.mtime = SystemTime::now();
+                n.posix.mtime = None;
+            });
+        }
+        let node = self.node(ino)?;
+        let mut posix = node.posix;
+        if change.mode.is_some() || change.uid.is_some() || change.gid.is_some() {
+            posix = user.change(&posix, change.mode, change.uid, change.gid)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            posix = user.touch(&posix, change.atime, change.mtime)?;
+        }
+        if posix != node.posix {
+            posix.ctime = Some(SystemTime::now());
+            self.store_posix(ino, &node, posix).await?;
+        }
+        self.stat(ino)
+    }
+
+    /// Stores new attributes of `node` (at `ino`).
+    async fn store_posix(&self, ino: u64, node: &Node, posix: Posix) -> Result<(), FsError> {
+        let writers = self.handles.writers_of(ino);
+        match node.kind() {
+            Kind::Dir => {
+                let payload = object_store::PutPayload::default();
+                self.objects
+                    .put(&self.marker_key(&node.path), payload, posix)
+                    .await?;
+            }
+            // An open writer uploads them with the data.
+            Kind::File if !writers.is_empty() => {
+                for handle in writers {
+                    if let Access::Write(writer) = &handle.access {
+                        writer.lock().await.mark_dirty();
+                    }
+                }
+            }
+            Kind::File | Kind::Symlink => {
+                let key = self.key(&node.path);
+                if !self.objects.set_in_place(&key, posix) {
+                    // S3 keeps user metadata immutable: write the object again, as S3 Files
+                    // does (a chmod is a new object version).
+                    let mut writer = Writer::of_object(
+                        &self.objects,
+                        &key,
+                        &self.memory,
+                        self.staging_dir.clone(),
+                    )
+                    .await?;
+                    writer.mark_dirty();
+                    writer.upload(&self.objects, &key, posix).await?;
+                }
+            }
+        }
+        self.inodes.update(ino, |n| n.posix = posix);
+        Ok(())
+    }
+}

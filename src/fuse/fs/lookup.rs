@@ -1,0 +1,168 @@
+//! Finding names and reading directories and attributes.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use object_store::ObjectStoreExt;
+
+use super::{ObjectFs, Stat, TTL};
+use crate::fuse::access::{Caller, R, X};
+use crate::fuse::dircache::{DIR_CACHE_MAX, Listed};
+use crate::fuse::error::FsError;
+use crate::fuse::handles::Listing;
+use crate::fuse::inodes::{Kind, Node};
+use crate::fuse::objects::{S_IFDIR, S_IFREG};
+
+/// Files up to this size are read whole by the lookup that finds them through a listing, as
+/// S3 Files imports the data of files under 128 KiB on first directory access.
+pub const SMALL_FILE: u64 = 128 << 10;
+
+impl ObjectFs {
+    /// Looks `name` up in directory `parent`.
+    pub async fn lookup(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<Stat, FsError> {
+        let user = self.user(caller);
+        let dir = self.dir_node(&user, parent, X).await?;
+        let path = self.child(&dir.path, name)?;
+        // Files being written are known here before they reach the store.
+        if let Some(ino) = self.inodes.ino_of(&path)
+            && self.handles.writing(ino)
+        {
+            return self.stat(ino);
+        }
+        let name = path.rsplit('/').next().unwrap_or(&path);
+        let node = self.stat_child(&dir.path, name, &path).await?;
+        Ok(self.remembered(node))
+    }
+
+    /// Like [`ObjectFs::stat_path`], with what the parent's listing said: absent names are
+    /// answered without a request, and a listed name costs one request: a small file is read
+    /// whole (its bytes kept briefly for the `open` that usually follows), a larger one is
+    /// asked for its head, a directory for its marker.
+    async fn stat_child(&self, parent: &str, name: &str, path: &str) -> Result<Node, FsError> {
+        match self.listed(parent, name).await {
+            Listed::Absent => Err(FsError::NotFound),
+            Listed::File(size) if size <= SMALL_FILE => {
+                match self.objects.get_small(&self.key(path)).await {
+                    Ok((meta, posix, body)) => {
+                        let node = self.file_node(path, &meta, posix);
+                        let ino = self.inodes.remember(node.clone());
+                        self.dirs.keep_body(ino, body);
+                        Ok(node)
+                    }
+                    // Gone since the listing, or a directory of the same name: ask in full.
+                    Err(object_store::Error::NotFound { .. }) => self.stat_path(path).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Listed::File(_) => match self.stat_file(path).await {
+                Err(FsError::NotFound) => self.stat_path(path).await,
+                other => other,
+            },
+            Listed::Dir => self.stat_listed_dir(path).await,
+            Listed::Unknown => self.stat_path(path).await,
+        }
+    }
+
+    /// What a fresh listing of `parent` says about `name`, listing it first when a lookup in
+    /// it came shortly before (see `dircache`).
+    pub(super) async fn listed(&self, parent: &str, name: &str) -> Listed {
+        if let Some(answer) = self.dirs.lookup(parent, name) {
+            return answer;
+        }
+        if !self.dirs.worth_listing(parent) {
+            return Listed::Unknown;
+        }
+        match self.list_entries(parent, false, Some(DIR_CACHE_MAX)).await {
+            Ok(entries) => {
+                self.dirs.store(parent, entries.as_deref());
+                self.dirs.lookup(parent, name).unwrap_or(Listed::Unknown)
+            }
+            Err(_) => Listed::Unknown,
+        }
+    }
+
+    /// The attributes of `ino`. The kernel asks again once its cached attributes expire: they
+    /// are read from the store again then, so changes made through other mounts show.
+    pub async fn getattr(&self, ino: u64) -> Result<Stat, FsError> {
+        Ok(Stat {
+            ino,
+            node: self.fresh_node(ino).await?,
+        })
+    }
+
+    pub async fn readlink(&self, ino: u64) -> Result<Bytes, FsError> {
+        let node = self.node(ino)?;
+        if node.kind() != Kind::Symlink {
+            return Err(FsError::Invalid("not a symbolic link"));
+        }
+        let got = self.objects.store().get(&self.key(&node.path)).await?;
+        Ok(got.bytes().await?)
+    }
+
+    /// Checks `mask` (bits R, W, X) for the caller on `ino`.
+    pub async fn access(&self, caller: &Caller, ino: u64, mask: u32) -> Result<(), FsError> {
+        let node = self.fresh_node(ino).await?;
+        self.user(caller).check(&node.posix, mask & 7)
+    }
+
+    pub async fn opendir(&self, caller: &Caller, ino: u64) -> Result<u64, FsError> {
+        self.dir_node(&self.user(caller), ino, R).await?;
+        Ok(self.handles.open_dir())
+    }
+
+    /// The entries of open directory `fh` from `offset`. The listing is taken once per open
+    /// directory, by the call at offset 0; later calls (a large directory takes many) continue
+    /// from it.
+    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing, FsError> {
+        if offset > 0
+            && let Some(listing) = self.handles.dir_listing(fh)
+        {
+            return Ok(listing);
+        }
+        let node = self.node(ino)?;
+        if node.kind() != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let listing = self.list_dir(&node.path).await?;
+        self.dirs.store(&node.path, Some(&listing));
+        let parent = match node.path.rsplit_once('/') {
+            Some((parent, _)) => self.inodes.ino_of(parent),
+            None => Some(super::ROOT),
+        };
+        let mut entries = Vec::with_capacity(listing.len() + 2);
+        entries.push((ino, Kind::Dir, ".".to_owned()));
+        entries.push((parent.unwrap_or(super::ROOT), Kind::Dir, "..".to_owned()));
+        for (name, kind, _) in listing {
+            let path = if node.path.is_empty() {
+                name.clone()
+            } else {
+                format!("{}/{name}", node.path)
+            };
+            // A listing carries no attributes: an inode new to this mount gets placeholder
+            // ones, marked stale so they are read before they are trusted.
+            let ino = self.inodes.ino_or_placeholder(|| Node {
+                path,
+                size: 0,
+                mtime: SystemTime::now(),
+                posix: self.default_posix(if kind == Kind::Dir { S_IFDIR } else { S_IFREG }),
+                seen: Instant::now().checked_sub(TTL).unwrap_or_else(Instant::now),
+            });
+            let kind = self.inodes.get(ino).map_or(kind, |n| n.kind());
+            entries.push((ino, kind, name));
+        }
+        let listing = Arc::new(entries);
+        self.handles.set_dir_listing(fh, listing.clone());
+        Ok(listing)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.close_dir(fh);
+    }
+}
