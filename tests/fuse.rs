@@ -6,12 +6,13 @@
 mod common;
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use common::BIN;
 use common::emulator::{ROLE, RunningEmulator, test_config};
+use common::mounts::{Mounted, mount};
 use common::s3server::S3Server;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -109,18 +110,6 @@ impl World {
     }
 }
 
-struct Mounted {
-    target: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    /// What the FUSE daemon logged so far, for failure messages.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("mount.log")).unwrap_or_default()
-    }
-}
-
 /// Closes `f` and returns what close(2) said: `drop` would swallow a failed upload.
 fn close(f: std::fs::File) -> nix::Result<()> {
     use std::os::fd::IntoRawFd;
@@ -142,57 +131,6 @@ fn mismatch(got: Option<&[u8]>, want: &[u8]) -> Option<String> {
         want.len(),
         at
     ))
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.target).status();
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let table =
-        mountinfo::parse(&std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo"));
-    mountinfo::mount_at(&table, path).is_some()
-}
-
-async fn mount(emu: &RunningEmulator, fs: &str, ap: &str, extra: &str) -> Mounted {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let target = dir.path().join("mnt");
-    std::fs::create_dir_all(&target).expect("mkdir");
-    let log = dir.path().join("mount.log");
-    let options = format!("accesspoint={ap},tls,iam{extra}");
-    let log2 = log.clone();
-    let fs_owned = fs.to_owned();
-    let status = tokio::task::spawn_blocking({
-        let env = common::emulator_env(&emu.url);
-        let target = target.clone();
-        move || {
-            Command::new(BIN)
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                // object_store logs its retries at info: failures then say what the server did;
-                // fuser warns of requests the file system leaves unanswered.
-                .env("RUST_LOG", "s3files_csi=debug,object_store=info,fuser=warn")
-                .arg("mount")
-                .arg(&fs_owned)
-                .arg(&target)
-                .args(["-o", &options])
-                .arg("--log-file")
-                .arg(&log2)
-                .output()
-                .expect("run the helper")
-        }
-    })
-    .await
-    .expect("join");
-    assert!(
-        status.status.success(),
-        "helper failed: {}\n{}",
-        String::from_utf8_lossy(&status.stderr),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    assert!(is_mounted(&target));
-    Mounted { target, _dir: dir }
 }
 
 async fn setup(emu: &RunningEmulator) -> (String, String) {

@@ -6,6 +6,7 @@
 pub mod emulator;
 #[path = "../../benches/support/lease.rs"]
 pub mod lease;
+pub mod mounts;
 pub mod s3server;
 
 use std::io::Read;
