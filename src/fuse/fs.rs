@@ -162,6 +162,15 @@ impl ObjectFs {
         Ok(path)
     }
 
+    /// Checks that a file (an object, unlike a directory) may have the name ending `path`.
+    fn file_name_fits(&self, path: &str) -> Result<(), FsError> {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name.len() > self.objects.max_file_name() {
+            return Err(FsError::NameTooLong);
+        }
+        Ok(())
+    }
+
     fn default_posix(&self, type_bits: u32) -> Posix {
         Posix {
             uid: self.identity.default_uid,

@@ -228,6 +228,13 @@ impl Objects {
         self.local.is_some()
     }
 
+    /// The longest last part of an object's key, in bytes: 255 on S3 (POSIX's limit for a
+    /// name); a local bucket keeps each object as a file, which its store first writes as
+    /// `<name>#1`, so 253 there.
+    pub fn max_file_name(&self) -> usize {
+        if self.local.is_some() { 253 } else { 255 }
+    }
+
     /// Whether attributes can change without rewriting the object.
     pub fn attributes_in_place(&self) -> bool {
         self.local.is_some()

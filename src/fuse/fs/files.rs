@@ -100,6 +100,7 @@ impl ObjectFs {
         mode: u32,
     ) -> Result<(Stat, u64), FsError> {
         let (dir, path) = self.writable_child(caller, parent, name).await?;
+        self.file_name_fits(&path)?;
         let posix = self
             .user(caller)
             .new_posix(&dir.posix, S_IFREG | (mode & 0o7777));

@@ -84,6 +84,7 @@ impl ObjectFs {
         target: &[u8],
     ) -> Result<Stat, FsError> {
         let (dir, path) = self.writable_child(caller, parent, name).await?;
+        self.file_name_fits(&path)?;
         if target.len() > MAX_LINK_TARGET {
             return Err(FsError::NameTooLong);
         }
@@ -109,6 +110,7 @@ impl ObjectFs {
             return Err(FsError::Unsupported("device nodes, fifos and sockets"));
         }
         let (dir, path) = self.writable_child(caller, parent, name).await?;
+        self.file_name_fits(&path)?;
         if self.existing(&path).await?.is_some() {
             return Err(FsError::Exists);
         }
@@ -206,7 +208,10 @@ impl ObjectFs {
         let moves = match (node.kind(), target.as_ref().map(Node::kind)) {
             (Kind::Dir, Some(Kind::File | Kind::Symlink)) => return Err(FsError::NotDir),
             (Kind::File | Kind::Symlink, Some(Kind::Dir)) => return Err(FsError::IsDir),
-            (Kind::File | Kind::Symlink, _) => vec![(self.key(&from), self.key(&to))],
+            (Kind::File | Kind::Symlink, _) => {
+                self.file_name_fits(&to)?;
+                vec![(self.key(&from), self.key(&to))]
+            }
             (Kind::Dir, target) => {
                 if target.is_some() {
                     if !self.is_empty_dir(&to).await? {
