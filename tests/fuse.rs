@@ -315,6 +315,74 @@ async fn two_mounts_of_one_volume_see_each_others_writes_after_close(backend: Ba
     .expect("shared");
 }
 
+async fn two_mounts_appending_to_one_file_lose_no_line(backend: Backend) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let w = World::start(backend).await;
+    let a = w.mount("").await;
+    let b = w.mount("").await;
+    let (ta, tb) = (a.target.clone(), b.target.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::write(ta.join("log"), b"start\n").expect("create");
+        // Past the attribute cache, so the second mount reads the file's current version.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let open = |dir: &Path| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(0)
+                .open(dir.join("log"))
+                .expect("open for appending")
+        };
+        let (mut fa, mut fb) = (open(&ta), open(&tb));
+        for i in 0..300 {
+            writeln!(fa, "a {i}").expect("append a");
+            writeln!(fb, "b {i}").expect("append b");
+        }
+        close(fa).expect("close a");
+        close(fb).expect("close b");
+    })
+    .await
+    .expect("appends");
+    let lost_prefix = format!("k8s/.s3files-lost+found-{}", w.fs);
+    use futures_util::StreamExt;
+    let store = w.bucket.store.clone();
+    let listed: Vec<ObjectPath> = store
+        .list(Some(&ObjectPath::parse(&lost_prefix).expect("prefix")))
+        .map(|o| o.expect("list").location)
+        .collect()
+        .await;
+    assert_eq!(
+        listed.len(),
+        1,
+        "one version in lost+found: {listed:?}\n{}",
+        b.log()
+    );
+    let text = |key: ObjectPath| {
+        let store = store.clone();
+        async move {
+            let got = store.get(&key).await.expect("object");
+            String::from_utf8(got.bytes().await.expect("body").to_vec()).expect("utf8")
+        }
+    };
+    let kept = text(ObjectPath::from("k8s/vol-a/log")).await;
+    let lost = text(listed[0].clone()).await;
+    for writer in ["a", "b"] {
+        let lines = kept
+            .lines()
+            .chain(lost.lines())
+            .filter(|l| l.starts_with(&format!("{writer} ")))
+            .count();
+        assert_eq!(
+            lines, 300,
+            "every line of writer {writer} is in the file or in lost+found"
+        );
+    }
+    assert!(kept.starts_with("start\n") && lost.starts_with("start\n"));
+    assert!(
+        b.log().contains("lost+found") || a.log().contains("lost+found"),
+        "the conflict is logged"
+    );
+}
+
 async fn renaming_onto_an_existing_file_replaces_it(backend: Backend) {
     let w = World::start(backend).await;
     let m = w.mount("").await;
@@ -700,6 +768,7 @@ on_both_backends!(
     files_written_through_the_mount_are_objects_in_the_bucket,
     large_files_and_large_directories_round_trip_and_survive_a_remount,
     two_mounts_of_one_volume_see_each_others_writes_after_close,
+    two_mounts_appending_to_one_file_lose_no_line,
     renaming_onto_an_existing_file_replaces_it,
     close_waits_for_an_upload_another_close_started,
     ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user,

@@ -16,6 +16,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -69,6 +70,10 @@ pub struct ObjectFs {
     inodes: Inodes,
     dirs: DirCache,
     handles: Handles,
+    /// Key prefix of the file system's lost+found (`<prefix>.s3files-lost+found-<fs-id>`).
+    lost_found: ObjectPath,
+    /// Uploads that met an object changed elsewhere and went to lost+found.
+    conflicts: AtomicU64,
 }
 
 impl ObjectFs {
@@ -80,6 +85,7 @@ impl ObjectFs {
         identity: Identity,
         staging_dir: &Path,
         prefetch_budget_bytes: u64,
+        lost_found: ObjectPath,
     ) -> Self {
         let root_node = Node {
             path: String::new(),
@@ -92,6 +98,7 @@ impl ObjectFs {
                 ..Posix::default()
             },
             seen: Instant::now(),
+            etag: None,
         };
         let mut fs = ObjectFs {
             objects,
@@ -103,6 +110,8 @@ impl ObjectFs {
             inodes: Inodes::new(root_node),
             dirs: DirCache::default(),
             handles: Handles::default(),
+            lost_found,
+            conflicts: AtomicU64::new(0),
         };
         if let Ok(node) = fs.stat_path("").await {
             fs.inodes = Inodes::new(node);
@@ -211,6 +220,7 @@ impl ObjectFs {
             mtime: SystemTime::now(),
             posix,
             seen: Instant::now(),
+            etag: None,
         })
     }
 
@@ -255,6 +265,7 @@ impl ObjectFs {
             mtime: meta.last_modified.into(),
             posix,
             seen: Instant::now(),
+            etag: meta.e_tag.clone(),
         }
     }
 
@@ -267,6 +278,7 @@ impl ObjectFs {
             mtime,
             posix,
             seen: Instant::now(),
+            etag: None,
         }
     }
 
@@ -390,6 +402,11 @@ impl ObjectFs {
                 None => return Ok(Some(entries)),
             }
         }
+    }
+
+    /// Uploads that went to lost+found since the mount began.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// Inodes and handles held (for tests and memory figures).

@@ -200,7 +200,15 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
     }
     let staging = tempfile::tempdir().context("staging directory")?;
     let filesystem = Kernel::new(
-        ObjectFs::new(objects, &root, identity, staging.path(), PREFETCH_BUDGET).await,
+        ObjectFs::new(
+            objects,
+            &root,
+            identity,
+            staging.path(),
+            PREFETCH_BUDGET,
+            lost_found_prefix(&fs.prefix, &fs.id),
+        )
+        .await,
         tokio::runtime::Handle::current(),
     );
     let mut config = fuser::Config::default();
@@ -226,6 +234,13 @@ pub async fn serve(request: MountRequest, storage: Option<String>) -> anyhow::Re
         .with_context(|| format!("mounting at {}", request.target.display()))?;
     drop(staging);
     Ok(())
+}
+
+/// Where S3 Files keeps a file system's conflicting versions: at its root, whatever the
+/// access point's root.
+fn lost_found_prefix(fs_prefix: &str, fs_id: &str) -> object_store::path::Path {
+    let raw = format!("{fs_prefix}.s3files-lost+found-{fs_id}");
+    object_store::path::Path::parse(&raw).unwrap_or_else(|_| object_store::path::Path::from(raw))
 }
 
 /// Raises the kernel read-ahead of the mount at `target` once it appears (see

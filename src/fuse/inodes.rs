@@ -41,6 +41,9 @@ pub struct Node {
     pub posix: Posix,
     /// When this was read from the store (or written here).
     pub seen: Instant,
+    /// The object's ETag when it was read (or written here): a writer's upload checks that
+    /// the object has not changed since (see `writer`).
+    pub etag: Option<String>,
 }
 
 impl Node {
@@ -202,6 +205,7 @@ mod tests {
                 ..Posix::default()
             },
             seen: Instant::now(),
+            etag: None,
         }
     }
 

@@ -18,7 +18,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, AttributeValue, Attributes, GetOptions, ListResult, MultipartUpload, ObjectMeta,
-    ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
 };
 
 /// File type bits of `st_mode`.
@@ -260,25 +260,45 @@ impl Objects {
         ))
     }
 
-    /// Writes a whole object with its attributes.
+    /// Writes a whole object with its attributes; returns its ETag.
     pub async fn put(
         &self,
         key: &ObjectPath,
         payload: PutPayload,
         posix: Posix,
-    ) -> object_store::Result<()> {
+    ) -> object_store::Result<Option<String>> {
+        self.put_new_or_any(key, payload, posix, false).await
+    }
+
+    /// Like [`Objects::put`]; with `only_new`, fails with `AlreadyExists` when the key exists
+    /// (S3's `If-None-Match: *`, a create-only file on a local bucket).
+    pub async fn put_new_or_any(
+        &self,
+        key: &ObjectPath,
+        payload: PutPayload,
+        posix: Posix,
+        only_new: bool,
+    ) -> object_store::Result<Option<String>> {
+        let mode = if only_new {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
         if let Some(local) = &self.local {
-            self.store
-                .put_opts(key, payload, PutOptions::default())
-                .await?;
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            let put = self.store.put_opts(key, payload, opts).await?;
             write_xattrs(local, key, &posix.to_metadata());
-            return Ok(());
+            return Ok(put.e_tag);
         }
         let opts = PutOptions {
+            mode,
             attributes: attributes_of(&posix.to_metadata()),
             ..Default::default()
         };
-        self.store.put_opts(key, payload, opts).await.map(|_| ())
+        Ok(self.store.put_opts(key, payload, opts).await?.e_tag)
     }
 
     /// Starts a multipart upload that carries `posix`; call [`Objects::finished`] after it

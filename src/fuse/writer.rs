@@ -7,6 +7,15 @@
 //! sent (a seek back, a truncate) gives that up: the started upload is aborted and the file goes
 //! up whole at the flush. Either way the object exists only when the flush finishes, and a flush
 //! that fails leaves the writer dirty, so the next flush, fsync or close tries again.
+//!
+//! Conflicts: S3 is the source of truth, as in S3 Files. A writer remembers what the object was
+//! when it began ([`Base`]: absent, or an ETag); if another client changed or created it since,
+//! the upload keeps S3's object and puts this writer's bytes under the file system's lost+found
+//! prefix instead ([`Uploaded::LostAndFound`]), and this handle's later uploads go there too. A
+//! new file is written with a create-only PUT (S3's `If-None-Match: *`), so a concurrent creator
+//! is caught by the store itself; other uploads check the object's ETag with a HEAD first (a
+//! multipart upload cannot be made conditional through `object_store`), which leaves a window
+//! of that one request.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -39,11 +48,45 @@ enum Stream {
     },
 }
 
+/// What the object was when a writer began, or at its last upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// Not known (attributes from a listing): no check.
+    Unknown,
+    /// No object: this is a new file.
+    Absent,
+    /// The object at this key had this ETag.
+    ETag(ObjectPath, String),
+}
+
+impl Base {
+    pub fn of(key: &ObjectPath, etag: Option<&str>) -> Base {
+        match etag {
+            Some(e) => Base::ETag(key.clone(), e.to_owned()),
+            None => Base::Unknown,
+        }
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Uploaded {
+    /// Nothing changed since the last upload.
+    Clean,
+    /// The object now holds `size` bytes, with ETag `etag`.
+    Stored { size: u64, etag: Option<String> },
+    /// The object changed elsewhere: it was kept, and these bytes went to `key`.
+    LostAndFound { key: ObjectPath, size: u64 },
+}
+
 pub struct Writer {
     staging: Staging,
     dir: Arc<Path>,
     dirty: bool,
     stream: Stream,
+    base: Base,
+    /// Where this writer's uploads go after a conflict.
+    diverted: Option<ObjectPath>,
 }
 
 impl Writer {
@@ -56,11 +99,14 @@ impl Writer {
         key: ObjectPath,
         posix: Posix,
         dirty: bool,
+        base: Base,
     ) -> Self {
         Writer {
             staging: Staging::new(memory),
             dir,
             dirty,
+            base,
+            diverted: None,
             stream: Stream::On {
                 key,
                 posix,
@@ -78,7 +124,9 @@ impl Writer {
         dir: Arc<Path>,
     ) -> Result<Self, FsError> {
         let mut staging = Staging::new(memory);
-        let mut body = objects.store().get(key).await?.into_stream();
+        let got = objects.store().get(key).await?;
+        let base = Base::of(key, got.meta.e_tag.as_deref());
+        let mut body = got.into_stream();
         let mut at = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
@@ -90,6 +138,8 @@ impl Writer {
             dir,
             dirty: false,
             stream: Stream::Off,
+            base,
+            diverted: None,
         })
     }
 
@@ -196,27 +246,83 @@ impl Writer {
     }
 
     /// Uploads the staged bytes as `key` with `posix` if anything changed since the last
-    /// upload; returns the size uploaded. A failure leaves the writer dirty.
+    /// upload, unless the object changed elsewhere: then they go to a new key under
+    /// `lost_found`. A failure leaves the writer dirty.
     pub async fn upload(
         &mut self,
         objects: &Objects,
         key: &ObjectPath,
         posix: Posix,
-    ) -> Result<Option<u64>, FsError> {
+        lost_found: &ObjectPath,
+    ) -> Result<Uploaded, FsError> {
         if !self.dirty {
-            return Ok(None);
+            return Ok(Uploaded::Clean);
         }
-        let result = self.upload_now(objects, key, posix).await;
+        let result = self.upload_checked(objects, key, posix, lost_found).await;
         self.dirty = result.is_err();
-        result.map(Some)
+        result
     }
 
+    async fn upload_checked(
+        &mut self,
+        objects: &Objects,
+        key: &ObjectPath,
+        posix: Posix,
+        lost_found: &ObjectPath,
+    ) -> Result<Uploaded, FsError> {
+        if self.diverted.is_none() && Self::changed_elsewhere(&self.base, objects, key).await? {
+            self.diverted = Some(lost_found_key(lost_found, key));
+        }
+        if let Some(lost) = self.diverted.clone() {
+            let (size, _) = self.upload_now(objects, &lost, posix, false).await?;
+            return Ok(Uploaded::LostAndFound { key: lost, size });
+        }
+        let only_new = self.base == Base::Absent;
+        match self.upload_now(objects, key, posix, only_new).await {
+            Ok((size, etag)) => {
+                self.base = Base::of(key, etag.as_deref());
+                Ok(Uploaded::Stored { size, etag })
+            }
+            // Created by someone else since this file was: theirs stays.
+            Err(FsError::Exists) if only_new => {
+                let lost = lost_found_key(lost_found, key);
+                self.diverted = Some(lost.clone());
+                let (size, _) = self.upload_now(objects, &lost, posix, false).await?;
+                Ok(Uploaded::LostAndFound { key: lost, size })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the object at `key` is no longer what this writer began from.
+    async fn changed_elsewhere(
+        base: &Base,
+        objects: &Objects,
+        key: &ObjectPath,
+    ) -> Result<bool, FsError> {
+        let Base::ETag(base_key, etag) = base else {
+            // Absent: the create-only PUT checks; Unknown: nothing to check against.
+            return Ok(false);
+        };
+        if base_key != key {
+            // Renamed here since: the old key's version says nothing of the new one.
+            return Ok(false);
+        }
+        match objects.head(key).await {
+            Ok((meta, _)) => Ok(meta.e_tag.as_deref() != Some(etag.as_str())),
+            Err(object_store::Error::NotFound { .. }) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Uploads the staged bytes to `key`; returns the size and the new ETag.
     async fn upload_now(
         &mut self,
         objects: &Objects,
         key: &ObjectPath,
         posix: Posix,
-    ) -> Result<u64, FsError> {
+        only_new: bool,
+    ) -> Result<(u64, Option<String>), FsError> {
         let len = self.staging.size()?;
         let stream = std::mem::replace(&mut self.stream, Stream::Off);
         if let Stream::On {
@@ -231,9 +337,9 @@ impl Writer {
                 let _ = upload.abort().await;
             } else {
                 Self::send_from(&self.staging, &mut upload, sent, len).await?;
-                upload.finish().await?;
+                let done = upload.finish().await?;
                 objects.finished(key, posix);
-                return Ok(len);
+                return Ok((len, done.e_tag));
             }
         }
         if len <= MULTIPART_THRESHOLD {
@@ -245,8 +351,10 @@ impl Writer {
                     buf.into()
                 }
             };
-            objects.put(key, PutPayload::from(body), posix).await?;
-            return Ok(len);
+            let etag = objects
+                .put_new_or_any(key, PutPayload::from(body), posix, only_new)
+                .await?;
+            return Ok((len, etag));
         }
         let started = objects.put_multipart(key, posix).await?;
         let mut upload = WriteMultipart::new_with_chunk_size(started, PART_SIZE);
@@ -254,9 +362,9 @@ impl Writer {
             let _ = upload.abort().await;
             return Err(e);
         }
-        upload.finish().await?;
+        let done = upload.finish().await?;
         objects.finished(key, posix);
-        Ok(len)
+        Ok((len, done.e_tag))
     }
 
     /// Hands the staged bytes from `at` to `end` to `upload`, a part at a time.
@@ -284,11 +392,26 @@ impl Writer {
     }
 }
 
+/// A new key under `lost_found` for this writer's version of `key`: a random hex id and the
+/// file's name (at most 100 bytes of it), as S3 Files names its lost+found files.
+fn lost_found_key(lost_found: &ObjectPath, key: &ObjectPath) -> ObjectPath {
+    let name = key.filename().unwrap_or("file");
+    let mut end = name.len().min(100);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let id = fastrand::u64(..);
+    lost_found
+        .clone()
+        .join(format!("{id:016x}-{}", &name[..end]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fuse::objects::S_IFREG;
     use crate::fuse::test_store::Counted;
+    use std::sync::atomic::Ordering;
 
     fn posix(mode: u32) -> Posix {
         Posix {
@@ -299,88 +422,197 @@ mod tests {
         }
     }
 
-    async fn body(store: &Counted, key: &ObjectPath) -> Vec<u8> {
-        store
-            .get(key)
-            .await
-            .expect("get")
-            .bytes()
-            .await
-            .expect("body")
-            .to_vec()
+    async fn body(store: &Counted, key: &ObjectPath) -> Option<Vec<u8>> {
+        let got = store.get(key).await.ok()?;
+        Some(got.bytes().await.expect("body").to_vec())
+    }
+
+    struct Setup {
+        store: Arc<Counted>,
+        objects: Objects,
+        dir: Arc<Path>,
+        memory: MemoryBudget,
+        lost: ObjectPath,
+    }
+
+    fn setup() -> Setup {
+        let store = Arc::new(Counted::default());
+        Setup {
+            objects: Objects::new(store.clone(), None, None).expect("objects"),
+            store,
+            dir: tempfile::tempdir().expect("dir").keep().into(),
+            memory: MemoryBudget::new(1 << 20),
+            lost: ObjectPath::from("lost+found"),
+        }
+    }
+
+    fn size_of(u: &Uploaded) -> Option<u64> {
+        match u {
+            Uploaded::Stored { size, .. } => Some(*size),
+            _ => None,
+        }
     }
 
     #[tokio::test]
     async fn a_file_written_in_order_streams_its_parts_and_a_seek_back_uploads_it_whole() {
-        let store = Arc::new(Counted::default());
-        let objects = Objects::new(store.clone(), None, None).expect("objects");
-        let dir: Arc<Path> = tempfile::tempdir().expect("dir").keep().into();
-        let memory = MemoryBudget::new(1 << 20);
+        let t = setup();
         let key = ObjectPath::from("big");
-        let mut w = Writer::empty(&memory, dir.clone(), key.clone(), posix(0o644), true);
+        let mut w = Writer::empty(
+            &t.memory,
+            t.dir.clone(),
+            key.clone(),
+            posix(0o644),
+            true,
+            Base::Absent,
+        );
         let chunk = vec![7u8; 1 << 20];
         for i in 0..20u64 {
-            w.write(&objects, i << 20, &chunk).await.expect("write");
+            w.write(&t.objects, i << 20, &chunk).await.expect("write");
         }
         assert_eq!(
-            store
-                .multipart_starts
-                .load(std::sync::atomic::Ordering::SeqCst),
+            t.store.multipart_starts.load(Ordering::SeqCst),
             1,
             "the upload started while writing"
         );
-        assert_eq!(
-            w.upload(&objects, &key, posix(0o644))
-                .await
-                .expect("upload"),
-            Some(20 << 20)
-        );
-        assert_eq!(body(&store, &key).await.len(), 20 << 20);
-        assert_eq!(
-            w.upload(&objects, &key, posix(0o644)).await.expect("clean"),
-            None
-        );
-
-        let key = ObjectPath::from("rewritten");
-        let mut w = Writer::empty(&memory, dir.clone(), key.clone(), posix(0o644), true);
-        for i in 0..20u64 {
-            w.write(&objects, i << 20, &chunk).await.expect("write");
-        }
-        w.write(&objects, 0, b"head").await.expect("seek back");
-        w.upload(&objects, &key, posix(0o644))
+        let up = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
             .await
             .expect("upload");
-        let got = body(&store, &key).await;
+        assert_eq!(size_of(&up), Some(20 << 20));
+        assert_eq!(body(&t.store, &key).await.map(|b| b.len()), Some(20 << 20));
+        let again = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("clean");
+        assert_eq!(again, Uploaded::Clean);
+
+        let key = ObjectPath::from("rewritten");
+        let mut w = Writer::empty(
+            &t.memory,
+            t.dir.clone(),
+            key.clone(),
+            posix(0o644),
+            true,
+            Base::Absent,
+        );
+        for i in 0..20u64 {
+            w.write(&t.objects, i << 20, &chunk).await.expect("write");
+        }
+        w.write(&t.objects, 0, b"head").await.expect("seek back");
+        w.upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload");
+        let got = body(&t.store, &key).await.expect("object");
         assert_eq!((&got[..4], got.len()), (&b"head"[..], 20 << 20));
     }
 
     #[tokio::test]
     async fn a_changed_object_is_staged_from_the_store_and_clean_until_written() {
-        let store = Arc::new(Counted::default());
-        let objects = Objects::new(store.clone(), None, None).expect("objects");
-        let dir: Arc<Path> = tempfile::tempdir().expect("dir").keep().into();
-        let memory = MemoryBudget::new(1 << 20);
+        let t = setup();
         let key = ObjectPath::from("f");
-        store
+        t.store
             .put(&key, PutPayload::from_static(b"hello"))
             .await
             .expect("put");
-        let mut w = Writer::of_object(&objects, &key, &memory, dir)
+        let mut w = Writer::of_object(&t.objects, &key, &t.memory, t.dir.clone())
             .await
             .expect("stage");
         assert_eq!(
-            w.upload(&objects, &key, posix(0o600)).await.expect("clean"),
-            None
+            w.upload(&t.objects, &key, posix(0o600), &t.lost)
+                .await
+                .expect("clean"),
+            Uploaded::Clean
         );
-        w.write(&objects, 5, b" world").await.expect("append");
+        w.write(&t.objects, 5, b" world").await.expect("append");
         assert_eq!(w.read(0, 64).expect("read"), b"hello world");
         w.set_len(4).await.expect("truncate");
+        let up = w
+            .upload(&t.objects, &key, posix(0o600), &t.lost)
+            .await
+            .expect("upload");
+        assert_eq!(size_of(&up), Some(4));
+        assert_eq!(body(&t.store, &key).await.as_deref(), Some(&b"hell"[..]));
+        // Its own upload is the new base: the next one is no conflict.
+        w.write(&t.objects, 4, b"o").await.expect("write");
+        let up = w
+            .upload(&t.objects, &key, posix(0o600), &t.lost)
+            .await
+            .expect("upload");
+        assert_eq!(size_of(&up), Some(5));
+    }
+
+    #[tokio::test]
+    async fn an_object_changed_or_created_elsewhere_is_kept_and_our_bytes_go_to_lost_and_found() {
+        let t = setup();
+        let key = ObjectPath::from("shared");
+        t.store
+            .put(&key, PutPayload::from_static(b"v1"))
+            .await
+            .expect("put");
+        let mut w = Writer::of_object(&t.objects, &key, &t.memory, t.dir.clone())
+            .await
+            .expect("stage");
+        w.write(&t.objects, 2, b" ours").await.expect("write");
+        t.store
+            .put(&key, PutPayload::from_static(b"theirs"))
+            .await
+            .expect("another writer");
+        let Uploaded::LostAndFound { key: lost, size } = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload")
+        else {
+            panic!("no conflict seen");
+        };
+        assert_eq!(size, 7);
         assert_eq!(
-            w.upload(&objects, &key, posix(0o600))
-                .await
-                .expect("upload"),
-            Some(4)
+            body(&t.store, &key).await.as_deref(),
+            Some(&b"theirs"[..]),
+            "S3's version stays"
         );
-        assert_eq!(body(&store, &key).await, b"hell");
+        assert_eq!(
+            body(&t.store, &lost).await.as_deref(),
+            Some(&b"v1 ours"[..])
+        );
+        assert!(lost.as_ref().starts_with("lost+found/") && lost.as_ref().ends_with("-shared"));
+        // Later uploads of this writer follow it there.
+        w.write(&t.objects, 7, b"!").await.expect("write");
+        let again = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload");
+        assert_eq!(
+            again,
+            Uploaded::LostAndFound {
+                key: lost.clone(),
+                size: 8
+            }
+        );
+        assert_eq!(body(&t.store, &key).await.as_deref(), Some(&b"theirs"[..]));
+
+        // A new file that someone else created first: the create-only PUT refuses.
+        let key = ObjectPath::from("new");
+        let mut w = Writer::empty(
+            &t.memory,
+            t.dir.clone(),
+            key.clone(),
+            posix(0o644),
+            true,
+            Base::Absent,
+        );
+        w.write(&t.objects, 0, b"mine").await.expect("write");
+        t.store
+            .put(&key, PutPayload::from_static(b"first"))
+            .await
+            .expect("another creator");
+        let up = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload");
+        assert!(
+            matches!(up, Uploaded::LostAndFound { size: 4, .. }),
+            "{up:?}"
+        );
+        assert_eq!(body(&t.store, &key).await.as_deref(), Some(&b"first"[..]));
     }
 }

@@ -1,6 +1,7 @@
 //! Opening, reading, writing and changing files.
 
 use std::ffi::OsStr;
+use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use crate::fuse::handles::{Access, FileHandle};
 use crate::fuse::inodes::{Kind, Node};
 use crate::fuse::objects::{Posix, S_IFREG};
 use crate::fuse::prefetch::Prefetch;
-use crate::fuse::writer::Writer;
+use crate::fuse::writer::{Base, Uploaded, Writer};
 
 const O_ACCMODE: i32 = 0o3;
 const O_RDONLY: i32 = 0;
@@ -34,19 +35,54 @@ pub struct SetAttr {
 }
 
 impl ObjectFs {
-    fn writer_for(&self, node: &Node, dirty: bool) -> Writer {
+    /// A writer that starts `node` empty (a new file when `base` is absent).
+    fn writer_for(&self, node: &Node, dirty: bool, base: Option<Base>) -> Writer {
         // New bytes: the upload's time is the modification time again.
         let posix = Posix {
             mtime: None,
             ..node.posix
         };
+        let key = self.key(&node.path);
+        let base = base.unwrap_or_else(|| Base::of(&key, node.etag.as_deref()));
         Writer::empty(
             &self.memory,
             self.staging_dir.clone(),
-            self.key(&node.path),
+            key,
             posix,
             dirty,
+            base,
         )
+    }
+
+    /// Uploads `writer` as the file at `path` with `posix`; returns the new size and ETag when
+    /// the object was written. A conflict keeps S3's object and is logged and counted.
+    async fn upload_writer(
+        &self,
+        writer: &mut Writer,
+        path: &str,
+        posix: Posix,
+    ) -> Result<Option<(u64, Option<String>)>, FsError> {
+        match writer
+            .upload(&self.objects, &self.key(path), posix, &self.lost_found)
+            .await?
+        {
+            Uploaded::Clean => Ok(None),
+            Uploaded::Stored { size, etag } => Ok(Some((size, etag))),
+            Uploaded::LostAndFound { key, size } => {
+                let total = self.conflicts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(
+                    %path, lost_found = %key, size, conflicts_total = total,
+                    "the object changed elsewhere since this file was opened: S3's version \
+                     stays, this mount's bytes are in lost+found"
+                );
+                if let Some(ino) = self.inodes.ino_of(path) {
+                    // Show S3's version at the next getattr.
+                    self.inodes
+                        .update(ino, |n| n.seen = Instant::now() - super::TTL);
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Opens `ino` with `flags` (open(2)'s); returns the handle.
@@ -77,7 +113,9 @@ impl ObjectFs {
                     n.posix.mtime = None;
                 });
             }
-            Access::Write(tokio::sync::Mutex::new(self.writer_for(&node, truncate)))
+            Access::Write(tokio::sync::Mutex::new(
+                self.writer_for(&node, truncate, None),
+            ))
         } else {
             let writer = Writer::of_object(
                 &self.objects,
@@ -105,7 +143,7 @@ impl ObjectFs {
             .user(caller)
             .new_posix(&dir.posix, S_IFREG | (mode & 0o7777));
         let stat = self.created(path, 0, posix);
-        let writer = self.writer_for(&stat.node, true);
+        let writer = self.writer_for(&stat.node, true, Some(Base::Absent));
         let fh = self.handles.open_file(FileHandle {
             ino: stat.ino,
             access: Access::Write(tokio::sync::Mutex::new(writer)),
@@ -175,13 +213,16 @@ impl ObjectFs {
             writer.discard().await;
             return Ok(());
         };
-        let key = self.key(&node.path);
-        if let Some(size) = writer.upload(&self.objects, &key, node.posix).await? {
+        if let Some((size, etag)) = self
+            .upload_writer(&mut writer, &node.path, node.posix)
+            .await?
+        {
             self.dirs.note(&node.path, Some((Kind::File, size)));
             self.inodes.update(handle.ino, |n| {
                 n.size = size;
                 n.mtime = SystemTime::now();
                 n.seen = Instant::now();
+                n.etag = etag;
             });
         }
         Ok(())
@@ -233,7 +274,7 @@ impl ObjectFs {
                 None => {
                     user.check(&node.posix, W)?;
                     let mut writer = if size == 0 || node.size == 0 {
-                        self.writer_for(&node, true)
+                        self.writer_for(&node, true, None)
                     } else {
                         Writer::of_object(
                             &self.objects,
@@ -248,9 +289,11 @@ impl ObjectFs {
                         mtime: None,
                         ..node.posix
                     };
-                    writer
-                        .upload(&self.objects, &self.key(&node.path), posix)
-                        .await?;
+                    if let Some((_, etag)) =
+                        self.upload_writer(&mut writer, &node.path, posix).await?
+                    {
+                        self.inodes.update(ino, |n| n.etag = etag);
+                    }
                 }
             }
             self.dirs.drop_body(ino);
@@ -306,7 +349,11 @@ impl ObjectFs {
                     )
                     .await?;
                     writer.mark_dirty();
-                    writer.upload(&self.objects, &key, posix).await?;
+                    if let Some((_, etag)) =
+                        self.upload_writer(&mut writer, &node.path, posix).await?
+                    {
+                        self.inodes.update(ino, |n| n.etag = etag);
+                    }
                 }
             }
         }

@@ -153,6 +153,7 @@ impl ObjectFs {
                 mtime: SystemTime::now(),
                 posix: self.default_posix(if kind == Kind::Dir { S_IFDIR } else { S_IFREG }),
                 seen: Instant::now().checked_sub(TTL).unwrap_or_else(Instant::now),
+                etag: None,
             });
             let kind = self.inodes.get(ino).map_or(kind, |n| n.kind());
             entries.push((ino, kind, name));

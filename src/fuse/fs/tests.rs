@@ -31,7 +31,8 @@ async fn fs_with(store: Arc<Counted>, user: Option<User>) -> (ObjectFs, tempfile
         default_uid: 0,
         default_gid: 0,
     };
-    let fs = ObjectFs::new(objects, "", identity, staging.path(), 0).await;
+    let lost_found = ObjectPath::from(".s3files-lost+found-fs-test");
+    let fs = ObjectFs::new(objects, "", identity, staging.path(), 0, lost_found).await;
     (fs, staging)
 }
 
@@ -637,4 +638,37 @@ async fn an_access_point_user_acts_for_every_caller() {
     fs.setattr(&ROOT_CALLER, ROOT, root_attrs)
         .await
         .expect_err("root acts as the user too");
+}
+
+#[tokio::test]
+async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_over(store.clone()).await;
+    let c = &ROOT_CALLER;
+    let stat = write_file(&fs, c, "f", b"one").await;
+    let cut = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    fs.setattr(c, stat.ino, cut).await.expect("truncate");
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    fs.setattr(c, stat.ino, chmod).await.expect("chmod");
+    let fh = fs.open(c, stat.ino, 1).await.expect("open");
+    fs.write(stat.ino, fh, 0, b"two").await.expect("write");
+    fs.release(fh).await.expect("close");
+    assert_eq!(fs.conflicts(), 0);
+    assert_eq!(body(&store, "f").await.as_deref(), Some(&b"two"[..]));
+    let fh = fs.open(c, stat.ino, 1).await.expect("open");
+    fs.write(stat.ino, fh, 3, b"!").await.expect("write");
+    put(&store, "f", 5).await;
+    fs.release(fh).await.expect("close");
+    assert_eq!(fs.conflicts(), 1);
+    assert_eq!(
+        body(&store, "f").await.as_deref(),
+        Some(&b"xxxxx"[..]),
+        "theirs stays"
+    );
 }
