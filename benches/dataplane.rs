@@ -20,7 +20,9 @@
 //! Rows: sequential write of one file (timed until the object is complete in the bucket),
 //! sequential read of it (fresh mount, page cache dropped), creating N small files (4 KiB, one
 //! process, one at a time, until all are in the bucket), reading them back (fresh mount), and
-//! listing a directory of M entries (names, as `ls -f`; fresh mount).
+//! listing a directory of M entries (names, as `ls -f`; fresh mount), the same with every
+//! entry's attributes (as `ls -l`; fresh mount; raw: the listing and parallel HEADs), and the
+//! mount daemon's memory (resident when idle, peak through the write, peak through the read).
 
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
@@ -128,6 +130,11 @@ struct Figures {
     create_fps: Option<f64>,
     read_fps: Option<f64>,
     list_eps: Option<f64>,
+    /// `ls -l`: the names and every entry's attributes (fresh mount).
+    stat_eps: Option<f64>,
+    /// The daemon's memory (MiB): resident when idle after mounting, peak (VmHWM) through the
+    /// sequential write, peak through the sequential read.
+    memory: Option<[f64; 3]>,
     /// Requests the tool made in each row (by row label), where the server counts them.
     requests: BTreeMap<&'static str, Counts>,
 }
@@ -137,6 +144,7 @@ const READ: &str = "sequential read";
 const CREATE: &str = "small files created";
 const SMALL_READ: &str = "small files read";
 const LIST: &str = "directory listed";
+const STAT: &str = "directory listed with attributes";
 
 /// Requests by S3 operation.
 type Counts = BTreeMap<String, u64>;
@@ -384,6 +392,8 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     };
     // Ours serves the access point root (`/ours`); the peers serve the bucket root.
     let m = mount(tool, s, "write")?;
+    let daemon = daemon_of(&m);
+    let idle = daemon.and_then(|pid| memory_mib(pid, "VmRSS"));
     let dir = m.join(sub);
     std::fs::create_dir_all(dir.join("small"))?;
     let c = raw.tally.now();
@@ -398,6 +408,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     drop(file);
     raw.wait_for(&format!("{key_base}/big.bin"), size)?;
     f.write_mbs = Some(mbs(size, t.elapsed()));
+    let write_peak = daemon.and_then(|pid| memory_mib(pid, "VmHWM"));
     raw.tally.row(&mut f, WRITE, &c);
     eprintln!("  {}: sequential write done", tool.name());
 
@@ -441,6 +452,10 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
     f.read_mbs = Some(mbs(size, t.elapsed()));
     drop(file);
+    let read_peak = daemon_of(&m).and_then(|pid| memory_mib(pid, "VmHWM"));
+    if let (Some(a), Some(b), Some(c)) = (idle, write_peak, read_peak) {
+        f.memory = Some([a, b, c]);
+    }
     raw.tally.row(&mut f, READ, &c);
     eprintln!("  {}: sequential read done", tool.name());
 
@@ -479,6 +494,26 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     anyhow::ensure!(n >= a.entries, "listed {n} of {} entries", a.entries);
     f.list_eps = Some(a.entries as f64 / elapsed.as_secs_f64());
     eprintln!("  {}: listing done", tool.name());
+
+    // `ls -l`: one process reads the names and asks for each entry's attributes in turn.
+    let m = mount(tool, s, "stat")?;
+    let c = raw.tally.now();
+    let t = Instant::now();
+    let mut n = 0;
+    for entry in std::fs::read_dir(m.join(sub).join("list"))? {
+        std::fs::symlink_metadata(entry?.path())?;
+        n += 1;
+    }
+    let elapsed = t.elapsed();
+    raw.tally.row(&mut f, STAT, &c);
+    drop(m);
+    anyhow::ensure!(
+        n >= a.entries,
+        "`ls -l` showed {n} of {} entries",
+        a.entries
+    );
+    f.stat_eps = Some(a.entries as f64 / elapsed.as_secs_f64());
+    eprintln!("  {}: `ls -l` done", tool.name());
     Ok(f)
 }
 
@@ -599,7 +634,49 @@ async fn measure_raw(
     anyhow::ensure!(listing.objects.len() == a.entries, "raw listing short");
     f.list_eps = Some(a.entries as f64 / t.elapsed().as_secs_f64());
     tally.row(&mut f, LIST, &c);
+    // `ls -l`'s ceiling: the listing, then a HEAD of every entry, 32 at a time.
+    let c = tally.now();
+    let t = Instant::now();
+    let listing = store.list_with_delimiter(Some(&prefix)).await?;
+    let heads = futures_util::stream::iter(listing.objects)
+        .map(|o| {
+            let store = store.clone();
+            async move { store.head(&o.location).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    anyhow::ensure!(heads.iter().all(|h| h.is_ok()), "raw HEADs failed");
+    f.stat_eps = Some(a.entries as f64 / t.elapsed().as_secs_f64());
+    tally.row(&mut f, STAT, &c);
     Ok(f)
+}
+
+/// The process serving the mount at `target` (whose command line names it).
+fn daemon_of(target: &Path) -> Option<u32> {
+    let want = target.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == want)
+            .then_some(pid)
+    })
+}
+
+/// A `VmRSS`/`VmHWM` figure of `pid`, in MiB.
+fn memory_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 /// What each tool asked of the server in each row, where the server counted it.
@@ -615,7 +692,7 @@ fn print_requests(raw: &Figures, results: &[(Tool, Option<Figures>)]) {
     }
     println!();
     println!("requests per row, as the server counted them:");
-    for row in [WRITE, READ, CREATE, SMALL_READ, LIST] {
+    for row in [WRITE, READ, CREATE, SMALL_READ, LIST, STAT] {
         println!("  {row}");
         for (name, f) in &tools {
             let Some(counts) = f.requests.get(row) else {
@@ -874,12 +951,16 @@ struct Round {
 /// peer, ours vs raw.
 type Table = Vec<[Option<f64>; 6]>;
 
-const ROWS: [(&str, Row); 5] = [
+const ROWS: [(&str, Row); 9] = [
     ("sequential write (MiB/s)", |f| f.write_mbs),
     ("sequential read (MiB/s)", |f| f.read_mbs),
     ("small files created (files/s)", |f| f.create_fps),
     ("small files read (files/s)", |f| f.read_fps),
-    ("directory listed (entries/s)", |f| f.list_eps),
+    ("`ls -f` (entries/s)", |f| f.list_eps),
+    ("`ls -l` (entries/s)", |f| f.stat_eps),
+    ("memory idle (MiB)", |f| f.memory.map(|m| m[0])),
+    ("memory peak in write (MiB)", |f| f.memory.map(|m| m[1])),
+    ("memory peak in read (MiB)", |f| f.memory.map(|m| m[2])),
 ];
 
 impl Round {

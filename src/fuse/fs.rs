@@ -32,6 +32,7 @@ use super::prefetch::Budget;
 use super::staging::MemoryBudget;
 
 pub use files::SetAttr;
+pub use lookup::PlusEntry;
 pub use names::RenameMode;
 
 /// Marker object that keeps an empty directory and carries the directory's attributes.

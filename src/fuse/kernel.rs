@@ -9,13 +9,13 @@ use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs,
-    ReplyWrite, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::access::{Caller, Time};
@@ -137,6 +137,11 @@ impl Filesystem for Kernel {
         // Fewer, larger requests: 1 MiB writes and reads when the kernel allows them.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Names with their attributes when a directory's entries are looked up (`ls -l`), plain
+        // names otherwise (`ls -f`, `find`): the kernel picks per directory.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -499,6 +504,35 @@ impl Filesystem for Kernel {
     ) {
         self.fs.releasedir(fh.0);
         reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let c = caller(req);
+        self.spawn(
+            "readdirplus",
+            // The kernel reads a directory a page at a time.
+            move |fs| async move { fs.readdirplus(&c, ino.0, fh.0, offset, 4096).await },
+            move |r| match r {
+                Ok(entries) => {
+                    for e in entries {
+                        let ttl = if e.fresh { TTL } else { Duration::ZERO };
+                        let (ino, attr) = (INodeNo(e.stat.ino), attr(&e.stat));
+                        if reply.add(ino, e.next, &e.name, &ttl, &attr, Generation(0)) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
 
 use super::{ObjectFs, Stat, TTL};
@@ -18,6 +19,19 @@ use crate::fuse::objects::{S_IFDIR, S_IFREG};
 /// Files up to this size are read whole by the lookup that finds them through a listing, as
 /// S3 Files imports the data of files under 128 KiB on first directory access.
 pub const SMALL_FILE: u64 = 128 << 10;
+
+/// Attribute reads of one readdirplus reply in flight at once.
+const PLUS_PARALLEL: usize = 32;
+
+/// One entry of a readdirplus reply.
+pub struct PlusEntry {
+    /// The offset of the entry after this one.
+    pub next: u64,
+    pub name: String,
+    pub stat: Stat,
+    /// Whether the kernel may keep these attributes.
+    pub fresh: bool,
+}
 
 impl ObjectFs {
     /// Looks `name` up in directory `parent`.
@@ -161,6 +175,69 @@ impl ObjectFs {
         let listing = Arc::new(entries);
         self.handles.set_dir_listing(fh, listing.clone());
         Ok(listing)
+    }
+
+    /// The entries of open directory `fh` from `offset` that fit in `bytes` of a readdirplus
+    /// reply, each with its attributes, so that `ls -l` costs no lookup per name. Attributes
+    /// not fresh here are read for all those entries at once (one request each, as a lookup
+    /// after a listing). A caller that may not search the directory gets the names with the
+    /// attributes already known, which the adapter hands over without letting the kernel keep
+    /// them (`fresh` false); entries gone since the listing are left out.
+    pub async fn readdirplus(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        bytes: usize,
+    ) -> Result<Vec<PlusEntry>, FsError> {
+        let listing = self.readdir(ino, fh, offset).await?;
+        let dir = self.node(ino)?;
+        let searchable = self.user(caller).permits(&dir.posix, X);
+        let mut chosen = Vec::new();
+        let mut used = 0;
+        for (i, (child, _, name)) in listing.iter().enumerate().skip(offset as usize) {
+            // fuse_entry_out (128 bytes) and fuse_dirent (24) with the name padded to 8.
+            used += 152 + name.len().div_ceil(8) * 8;
+            if used > bytes {
+                break;
+            }
+            chosen.push((i as u64 + 1, *child, name.clone()));
+        }
+        let fetched = futures_util::stream::iter(chosen)
+            .map(|(next, child, name)| {
+                let dir = &dir;
+                async move {
+                    let known = self.inodes.get(child);
+                    let dot = name == "." || name == "..";
+                    let fresh = known
+                        .as_ref()
+                        .is_some_and(|n| !n.stale(TTL) || self.handles.writing(child));
+                    if dot || fresh || !searchable {
+                        let node = known?;
+                        let fresh = fresh || dot;
+                        return Some(PlusEntry {
+                            next,
+                            name,
+                            stat: Stat { ino: child, node },
+                            fresh,
+                        });
+                    }
+                    let path = known.map(|n| n.path)?;
+                    let node = self.stat_child(&dir.path, &name, &path).await.ok()?;
+                    Some(PlusEntry {
+                        next,
+                        name,
+                        stat: self.remembered(node),
+                        fresh: true,
+                    })
+                }
+            })
+            .buffered(PLUS_PARALLEL)
+            .filter_map(|e| async move { e })
+            .collect()
+            .await;
+        Ok(fetched)
     }
 
     pub fn releasedir(&self, fh: u64) {
