@@ -672,3 +672,51 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
         "theirs stays"
     );
 }
+
+#[tokio::test]
+async fn readdirplus_pages_carry_attributes_read_once_per_entry() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_over(store.clone()).await;
+    for i in 0..100 {
+        put(&store, &format!("d/large{i:03}"), 200 << 10).await;
+    }
+    let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
+    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    let heads = store.heads.load(Ordering::SeqCst);
+    let (mut offset, mut seen) = (0, Vec::new());
+    loop {
+        let page = fs
+            .readdirplus(&ROOT_CALLER, d, fh, offset, 4096)
+            .await
+            .expect("page");
+        let Some(last) = page.last() else { break };
+        assert!(
+            page.len() < 40,
+            "a page holds what fits in 4 KiB: {}",
+            page.len()
+        );
+        offset = last.next;
+        for e in page {
+            assert!(e.fresh);
+            if e.name.starts_with("large") {
+                assert_eq!(e.stat.node.size, 200 << 10, "{}", e.name);
+            }
+            seen.push(e.name);
+        }
+    }
+    assert_eq!(seen.len(), 102, ". and .. and 100 entries");
+    assert_eq!(
+        store.heads.load(Ordering::SeqCst) - heads,
+        100,
+        "one HEAD per entry"
+    );
+    // The kernel's lookups after the page are answered without a request.
+    fs.lookup(&ROOT_CALLER, d, n("large000"))
+        .await
+        .expect("lookup");
+    assert_eq!(
+        store.heads.load(Ordering::SeqCst) - heads,
+        101,
+        "a lookup asks again"
+    );
+}
