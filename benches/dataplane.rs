@@ -1,6 +1,7 @@
 //! Data-plane benchmark: our FUSE mount (`s3files-csi mount`), `s3fs` and `rclone mount` side by
 //! side against one S3-compatible server, with raw GETs/PUTs (`object_store`, same parallelism)
-//! as the ceiling. Every figure is printed with its ratios to the best peer and to raw, all
+//! and boto3's transfer manager (same part size and concurrency; skipped without boto3) as the
+//! ceiling. Every figure is printed with its ratios to the best peer and to raw, all
 //! measured in the same run.
 //!
 //! ```text
@@ -536,11 +537,63 @@ fn populate(raw: &Raw, prefix: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ceiling: the same rows as plain S3 requests with the mount's parallelism.
+/// boto3's transfer manager writing and reading one object with the mount's part size and
+/// parallelism: argv url, bucket, key id, secret, size; prints "write_mbs read_mbs".
+const BOTO3: &str = r#"
+import boto3, os, sys, tempfile, time
+from boto3.s3.transfer import TransferConfig
+url, bucket, key_id, secret, size = sys.argv[1:6]
+size = int(size)
+s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=key_id,
+                  aws_secret_access_key=secret, region_name="us-east-1")
+cfg = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=8 << 20,
+                     max_concurrency=4, use_threads=True)
+with tempfile.NamedTemporaryFile() as f:
+    block = os.urandom(1 << 20)
+    for _ in range(size >> 20):
+        f.write(block)
+    f.flush()
+    t = time.monotonic()
+    s3.upload_file(f.name, bucket, "boto3/big.bin", Config=cfg)
+    write = size / (1 << 20) / (time.monotonic() - t)
+class Sink:
+    def write(self, b):
+        return len(b)
+t = time.monotonic()
+s3.download_fileobj(bucket, "boto3/big.bin", Sink(), Config=cfg)
+read = size / (1 << 20) / (time.monotonic() - t)
+print(write, read)
+"#;
+
+/// boto3's write and read figures against the server at `url`, if boto3 is installed.
+fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(f64, f64)> {
+    let out = Command::new("python3")
+        .args(["-c", BOTO3, url, bucket, KEY_ID, SECRET, &size.to_string()])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        println!(
+            "raw boto3: skipped ({})",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut figures = text.split_whitespace().filter_map(|v| v.parse().ok());
+    Some((figures.next()?, figures.next()?))
+}
+
+/// The ceiling: the same rows as plain S3 requests with the mount's parallelism. The write
+/// and read rows take the better of `object_store` and boto3 (with `url` and `bucket`).
 async fn measure_raw(
     store: Arc<dyn ObjectStore>,
     tally: &Tally,
     a: &Args,
+    url: &str,
+    bucket: &str,
 ) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     let size = a.size_mib << 20;
@@ -596,6 +649,18 @@ async fn measure_raw(
         "raw sequential read: {ranged:.1} MiB/s as {RAW_PARALLEL} parallel 8 MiB ranges, {streamed:.1} MiB/s as one streaming GET"
     );
     f.read_mbs = Some(ranged.max(streamed));
+    drop_caches();
+    let (url, bucket) = (url.to_owned(), bucket.to_owned());
+    let boto3 = tokio::task::spawn_blocking(move || boto3_figures(&url, &bucket, size)).await?;
+    if let Some((write, read)) = boto3 {
+        println!(
+            "raw write: {:.1} MiB/s by object_store, {write:.1} by boto3; read: {:.1} by object_store, {read:.1} by boto3",
+            f.write_mbs.unwrap_or(0.0),
+            ranged.max(streamed)
+        );
+        f.write_mbs = f.write_mbs.map(|w| w.max(write));
+        f.read_mbs = f.read_mbs.map(|r| r.max(read));
+    }
     // Both ways of reading.
     tally.row(&mut f, READ, &c);
 
@@ -1047,7 +1112,14 @@ async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
     eprintln!("raw...");
     let raw = {
         let server = Server::start(a, "raw").await?;
-        measure_raw(server.store.clone(), &server.tally, a).await?
+        measure_raw(
+            server.store.clone(),
+            &server.tally,
+            a,
+            &server.url,
+            &server.bucket,
+        )
+        .await?
     };
     let mut tools: Vec<(Tool, Option<Figures>)> = Vec::new();
     for &tool in order {

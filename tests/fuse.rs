@@ -11,22 +11,15 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::BIN;
-use common::emulator::{ROLE, RunningEmulator, test_config};
-use common::mounts::{Mounted, mount};
+use common::emulator::{ROLE, RunningEmulator};
+use common::mounts::{Backend, Mounted, emulator_over, mount};
 use common::s3server::S3Server;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use s3files_csi::cloud::{CreationPermissions, NewAccessPoint, NewFileSystem, PosixUser, S3Files};
-use s3files_csi::emulator::BucketStore;
 use s3files_csi::mount::mountinfo;
 
 const BUCKET: &str = "fuse-bucket";
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Local,
-    Moto,
-}
 
 /// The bucket as other S3 clients see it, for blocking test code.
 #[derive(Clone)]
@@ -67,27 +60,7 @@ struct World {
 
 impl World {
     async fn start(backend: Backend) -> World {
-        let mut config = test_config();
-        let s3 = match backend {
-            Backend::Local => None,
-            Backend::Moto => {
-                let server = S3Server::start().await;
-                server.create_bucket(BUCKET).await;
-                config.buckets = BucketStore::S3 {
-                    endpoint: server.url.clone(),
-                };
-                Some(server)
-            }
-        };
-        let emu = RunningEmulator::start(config).await;
-        let store: Arc<dyn ObjectStore> = match &s3 {
-            Some(server) => server.store(BUCKET),
-            None => {
-                let dir = emu.buckets.path().join(BUCKET);
-                std::fs::create_dir_all(&dir).expect("bucket dir");
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local"))
-            }
-        };
+        let (emu, s3, store) = emulator_over(backend, BUCKET).await;
         let (fs, ap) = setup(&emu).await;
         World {
             emu,

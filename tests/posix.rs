@@ -6,47 +6,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::emulator::{ROLE, RunningEmulator, test_config};
-use common::mounts::mount;
-use common::s3server::S3Server;
+use common::emulator::ROLE;
+use common::mounts::{Backend, emulator_over, mount};
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use s3files_csi::cloud::{CreationPermissions, NewAccessPoint, NewFileSystem, S3Files};
-use s3files_csi::emulator::BucketStore;
 
 const BUCKET: &str = "posix-bucket";
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Local,
-    Moto,
-}
-
 async fn the_posix_table_passes(backend: Backend) {
-    let mut config = test_config();
-    let s3 = match backend {
-        Backend::Local => None,
-        Backend::Moto => {
-            let server = S3Server::start().await;
-            server.create_bucket(BUCKET).await;
-            config.buckets = BucketStore::S3 {
-                endpoint: server.url.clone(),
-            };
-            Some(server)
-        }
-    };
-    let emu = RunningEmulator::start(config).await;
-    let store: Arc<dyn ObjectStore> = match &s3 {
-        Some(server) => server.store(BUCKET),
-        None => {
-            let dir = emu.buckets.path().join(BUCKET);
-            std::fs::create_dir_all(&dir).expect("bucket dir");
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local"))
-        }
-    };
+    let (emu, s3, store) = emulator_over(backend, BUCKET).await;
+    let _moto = s3;
     let cloud = emu.cloud();
     let fs = cloud
         .create_file_system(&NewFileSystem {

@@ -5,8 +5,53 @@ use std::process::Command;
 
 use s3files_csi::mount::mountinfo;
 
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use s3files_csi::emulator::BucketStore;
+
 use super::BIN;
-use super::emulator::RunningEmulator;
+use super::emulator::{RunningEmulator, test_config};
+use super::s3server::S3Server;
+
+/// Where an emulator's bucket data lives.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    /// A local directory (the embedded default).
+    Local,
+    /// A `moto_server` on loopback.
+    Moto,
+}
+
+/// An emulator whose bucket `bucket` lives on `backend`, the S3 server if any, and the bucket
+/// as other clients see it.
+pub async fn emulator_over(
+    backend: Backend,
+    bucket: &str,
+) -> (RunningEmulator, Option<S3Server>, Arc<dyn ObjectStore>) {
+    let mut config = test_config();
+    let s3 = match backend {
+        Backend::Local => None,
+        Backend::Moto => {
+            let server = S3Server::start().await;
+            server.create_bucket(bucket).await;
+            config.buckets = BucketStore::S3 {
+                endpoint: server.url.clone(),
+            };
+            Some(server)
+        }
+    };
+    let emu = RunningEmulator::start(config).await;
+    let store: Arc<dyn ObjectStore> = match &s3 {
+        Some(server) => server.store(bucket),
+        None => {
+            let dir = emu.buckets.path().join(bucket);
+            std::fs::create_dir_all(&dir).expect("bucket dir");
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local"))
+        }
+    };
+    (emu, s3, store)
+}
 
 pub struct Mounted {
     pub target: PathBuf,

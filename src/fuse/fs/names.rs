@@ -55,6 +55,25 @@ impl ObjectFs {
         }
     }
 
+    /// The path and attributes of a new `name` in `parent` with `mode` (type and bits), after
+    /// checking that the caller may create it there and that nothing has that name.
+    async fn new_child(
+        &self,
+        caller: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<(String, crate::fuse::objects::Posix), FsError> {
+        let (dir, path) = self.writable_child(caller, parent, name).await?;
+        if mode & S_IFMT != S_IFDIR {
+            self.file_name_fits(&path)?;
+        }
+        if self.existing(&path).await?.is_some() {
+            return Err(FsError::Exists);
+        }
+        Ok((path, self.user(caller).new_posix(&dir.posix, mode)))
+    }
+
     pub async fn mkdir(
         &self,
         caller: &Caller,
@@ -62,13 +81,9 @@ impl ObjectFs {
         name: &OsStr,
         mode: u32,
     ) -> Result<Stat, FsError> {
-        let (dir, path) = self.writable_child(caller, parent, name).await?;
-        if self.existing(&path).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let posix = self
-            .user(caller)
-            .new_posix(&dir.posix, S_IFDIR | (mode & 0o7777));
+        let (path, posix) = self
+            .new_child(caller, parent, name, S_IFDIR | (mode & 0o7777))
+            .await?;
         self.objects
             .put(&self.marker_key(&path), PutPayload::default(), posix)
             .await?;
@@ -83,15 +98,12 @@ impl ObjectFs {
         name: &OsStr,
         target: &[u8],
     ) -> Result<Stat, FsError> {
-        let (dir, path) = self.writable_child(caller, parent, name).await?;
-        self.file_name_fits(&path)?;
         if target.len() > MAX_LINK_TARGET {
             return Err(FsError::NameTooLong);
         }
-        if self.existing(&path).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let posix = self.user(caller).new_posix(&dir.posix, S_IFLNK | 0o777);
+        let (path, posix) = self
+            .new_child(caller, parent, name, S_IFLNK | 0o777)
+            .await?;
         let payload = PutPayload::from(target.to_vec());
         self.objects.put(&self.key(&path), payload, posix).await?;
         Ok(self.created(path, target.len() as u64, posix))
@@ -109,14 +121,9 @@ impl ObjectFs {
         if mode & S_IFMT != S_IFREG && mode & S_IFMT != 0 {
             return Err(FsError::Unsupported("device nodes, fifos and sockets"));
         }
-        let (dir, path) = self.writable_child(caller, parent, name).await?;
-        self.file_name_fits(&path)?;
-        if self.existing(&path).await?.is_some() {
-            return Err(FsError::Exists);
-        }
-        let posix = self
-            .user(caller)
-            .new_posix(&dir.posix, S_IFREG | (mode & 0o7777));
+        let (path, posix) = self
+            .new_child(caller, parent, name, S_IFREG | (mode & 0o7777))
+            .await?;
         self.objects
             .put(&self.key(&path), PutPayload::default(), posix)
             .await?;
