@@ -196,17 +196,16 @@ impl ObjectFs {
         let searchable = self.user(caller).permits(&dir.posix, X);
         let mut chosen = Vec::new();
         let mut used = 0;
-        for (i, (child, _, name)) in listing.iter().enumerate().skip(offset as usize) {
+        for (i, (child, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
             // fuse_entry_out (128 bytes) and fuse_dirent (24) with the name padded to 8.
             used += 152 + name.len().div_ceil(8) * 8;
             if used > bytes {
                 break;
             }
-            chosen.push((i as u64 + 1, *child, name.clone()));
+            chosen.push((i as u64 + 1, *child, *kind, name.clone()));
         }
         let fetched = futures_util::stream::iter(chosen)
-            .map(|(next, child, name)| {
-                let dir = &dir;
+            .map(|(next, child, kind, name)| {
                 async move {
                     let known = self.inodes.get(child);
                     let dot = name == "." || name == "..";
@@ -224,7 +223,15 @@ impl ObjectFs {
                         });
                     }
                     let path = known.map(|n| n.path)?;
-                    let node = self.stat_child(&dir.path, &name, &path).await.ok()?;
+                    // The listing says what it is: one request, whatever the directory's size.
+                    let node = match kind {
+                        Kind::Dir => self.stat_listed_dir(&path).await,
+                        Kind::File | Kind::Symlink => match self.stat_file(&path).await {
+                            Err(FsError::NotFound) => self.stat_path(&path).await,
+                            other => other,
+                        },
+                    }
+                    .ok()?;
                     Some(PlusEntry {
                         next,
                         name,

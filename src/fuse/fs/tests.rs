@@ -677,9 +677,11 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
 async fn readdirplus_pages_carry_attributes_read_once_per_entry() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
-    for i in 0..100 {
-        put(&store, &format!("d/large{i:03}"), 200 << 10).await;
+    // More than a kept listing holds, so the lookups' cache cannot answer for the entries.
+    for i in 0..=DIR_CACHE_MAX {
+        put(&store, &format!("d/large{i:05}"), 1).await;
     }
+    put(&store, "d/sub/x", 1).await;
     let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
     let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
     let heads = store.heads.load(Ordering::SeqCst);
@@ -699,15 +701,18 @@ async fn readdirplus_pages_carry_attributes_read_once_per_entry() {
         for e in page {
             assert!(e.fresh);
             if e.name.starts_with("large") {
-                assert_eq!(e.stat.node.size, 200 << 10, "{}", e.name);
+                assert_eq!(e.stat.node.size, 1, "{}", e.name);
+            }
+            if e.name == "sub" {
+                assert_eq!(e.stat.node.kind(), Kind::Dir);
             }
             seen.push(e.name);
         }
     }
-    assert_eq!(seen.len(), 102, ". and .. and 100 entries");
+    assert_eq!(seen.len(), DIR_CACHE_MAX + 4, ". and .. and every entry");
     assert_eq!(
         store.heads.load(Ordering::SeqCst) - heads,
-        100,
+        DIR_CACHE_MAX + 2,
         "one HEAD per entry"
     );
     // The kernel keeps the page's entries for the TTL and calls no lookup for them.
