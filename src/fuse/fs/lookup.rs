@@ -182,7 +182,7 @@ impl ObjectFs {
     /// not fresh here are read for all those entries at once (one request each, as a lookup
     /// after a listing). A caller that may not search the directory gets the names with the
     /// attributes already known, which the adapter hands over without letting the kernel keep
-    /// them (`fresh` false); entries gone since the listing are left out.
+    /// them (`fresh` false), as do entries that could not be read.
     pub async fn readdirplus(
         &self,
         caller: &Caller,
@@ -222,21 +222,35 @@ impl ObjectFs {
                             fresh,
                         });
                     }
-                    let path = known.map(|n| n.path)?;
+                    let known = known?;
+                    let path = known.path.clone();
                     // The listing says what it is: one request, whatever the directory's size.
-                    let node = match kind {
+                    let read = match kind {
                         Kind::Dir => self.stat_listed_dir(&path).await,
                         Kind::File | Kind::Symlink => match self.stat_file(&path).await {
                             Err(FsError::NotFound) => self.stat_path(&path).await,
                             other => other,
                         },
-                    }
-                    .ok()?;
-                    Some(PlusEntry {
-                        next,
-                        name,
-                        stat: self.remembered(node),
-                        fresh: true,
+                    };
+                    Some(match read {
+                        Ok(node) => PlusEntry {
+                            next,
+                            name,
+                            stat: self.remembered(node),
+                            fresh: true,
+                        },
+                        // Gone or unreadable since the listing: the name stays in the page (a
+                        // page with no entries would end the listing) and the kernel, keeping
+                        // nothing, asks again by lookup.
+                        Err(_) => PlusEntry {
+                            next,
+                            name,
+                            stat: Stat {
+                                ino: child,
+                                node: known,
+                            },
+                            fresh: false,
+                        },
                     })
                 }
             })
