@@ -109,8 +109,10 @@ pub struct ControllerArgs {
     #[arg(long, default_value = "60", value_parser = parse_seconds, help_heading = "Provisioning")]
     pub cloud_check_interval: Duration,
 
-    /// Where volume data is deleted for StorageClasses with onDelete: delete: `s3` (the buckets
-    /// through the S3 API) or `local:DIR` (bucket directories under DIR, for the emulator).
+    /// Where volume data lives for the controller: `s3` (the buckets through the S3 API),
+    /// `s3:URL` (an S3-compatible endpoint) or `local:DIR` (bucket directories under DIR, for the
+    /// emulator). Needed for StorageClasses with onDelete: delete; on S3 it also turns on
+    /// snapshots and clones, which read object versions.
     #[arg(long, env = "S3FILES_DATA_STORE", help_heading = "Provisioning")]
     pub data_store: Option<String>,
 
@@ -125,6 +127,11 @@ pub struct ControllerArgs {
     /// longest a create of the previous leader can take to land.
     #[arg(long, default_value = "120", value_parser = parse_seconds, help_heading = "Provisioning")]
     pub gid_settle: Duration,
+
+    /// Seconds a CreateVolume from a snapshot or a volume waits for its copy before it answers
+    /// Aborted with the progress; the copy continues and the CO's retry joins it.
+    #[arg(long, default_value = "8", value_parser = parse_seconds, help_heading = "Provisioning")]
+    pub restore_wait: Duration,
 }
 
 /// `NAMESPACE` or `NAMESPACE/NAME`, both DNS labels/subdomains as Kubernetes names them.

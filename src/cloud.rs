@@ -195,6 +195,9 @@ pub trait S3Files: Send + Sync + 'static {
     /// A cheap authenticated call, for readiness: succeeds when the API answers us.
     async fn ping(&self) -> Result<(), CloudError>;
 
+    /// The ids of every file system in the account and region (all pages).
+    async fn list_file_system_ids(&self) -> Result<Vec<String>, CloudError>;
+
     /// Every access point of a file system, following all pages.
     async fn list_access_points(
         &self,
@@ -321,5 +324,10 @@ impl<C: S3Files> S3Files for Observed<C> {
     }
     async fn ping(&self) -> Result<(), CloudError> {
         self.observe("ListFileSystems", self.inner.ping()).await
+    }
+
+    async fn list_file_system_ids(&self) -> Result<Vec<String>, CloudError> {
+        self.observe("ListFileSystems", self.inner.list_file_system_ids())
+            .await
     }
 }

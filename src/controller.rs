@@ -12,6 +12,8 @@ pub mod events;
 pub mod gid;
 pub mod listings;
 pub mod params;
+pub mod restore;
+pub mod snapshots;
 pub mod terms;
 
 use std::collections::{HashMap, HashSet};
@@ -27,7 +29,9 @@ use crate::cloud::{
 };
 use crate::csi::{self, controller_server::Controller, controller_service_capability};
 use crate::data::DataStore;
+use crate::data::versions::Versions;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::rpc::{self, csi_service_impl};
 use crate::volume::{CapabilityCheck, VolumeHandle, check_capabilities};
 use gid::GidAllocator;
@@ -61,6 +65,22 @@ pub fn request_digest(req: &csi::CreateVolumeRequest) -> String {
         h.update(bytes);
     };
     field(req.name.as_bytes());
+    // Only present sources take part, so digests of volumes without one stay as they were.
+    match req
+        .volume_content_source
+        .as_ref()
+        .and_then(|s| s.r#type.as_ref())
+    {
+        Some(csi::volume_content_source::Type::Snapshot(s)) => {
+            field(b"snapshot");
+            field(s.snapshot_id.as_bytes());
+        }
+        Some(csi::volume_content_source::Type::Volume(v)) => {
+            field(b"volume");
+            field(v.volume_id.as_bytes());
+        }
+        None => {}
+    }
     let range = req.capacity_range.as_ref();
     field(&range.map_or(0, |r| r.required_bytes).to_be_bytes());
     field(&range.map_or(0, |r| r.limit_bytes).to_be_bytes());
@@ -113,6 +133,9 @@ pub struct ControllerConfig {
     pub gid_refresh: Duration,
     /// How long after a leadership term began a create of the previous term can still land.
     pub gid_settle: Duration,
+    /// How long a CreateVolume with a content source waits for its restore before it answers
+    /// Aborted with the progress (the restore continues; the CO's retry joins it).
+    pub restore_wait: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -124,6 +147,7 @@ impl Default for ControllerConfig {
             fs_cache_ttl: Duration::from_secs(60),
             gid_refresh: Duration::from_secs(15 * 60),
             gid_settle: Duration::from_secs(120),
+            restore_wait: snapshots::DEFAULT_RESTORE_WAIT,
         }
     }
 }
@@ -162,6 +186,10 @@ struct Inner {
     /// otherwise cost 32 calls).
     fs_cache: Mutex<HashMap<String, FsSlot>>,
     busy: Mutex<HashSet<String>>,
+    /// Object versions, for snapshots and restores (a data store on S3).
+    versions: Option<Arc<dyn Versions>>,
+    metrics: Option<Arc<Metrics>>,
+    restores: restore::Restores,
 }
 
 /// The Controller service.
@@ -225,8 +253,28 @@ impl ControllerService {
                 listings: Listings::default(),
                 fs_cache: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
+                versions: None,
+                metrics: None,
+                restores: restore::Restores::default(),
             }),
         }
+    }
+
+    /// Offers snapshots and clones over `versions`, counting restores in `metrics`. Called
+    /// while building the service, before it is shared.
+    pub fn with_snapshots(
+        mut self,
+        versions: Arc<dyn Versions>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => {
+                inner.versions = Some(versions);
+                inner.metrics = metrics;
+            }
+            None => tracing::error!("with_snapshots on a shared controller; snapshots stay off"),
+        }
+        self
     }
 
     fn lock(&self, key: &str) -> Result<VolumeLock> {
@@ -316,12 +364,6 @@ impl ControllerService {
             }
         }
         let capacity = capacity_bytes(req.capacity_range.as_ref())?;
-        if req.volume_content_source.is_some() {
-            return Err(Error::invalid(
-                "volume_content_source",
-                "S3 Files volumes cannot be cloned or restored from snapshots; remove dataSource from the PVC",
-            ));
-        }
         if !req.mutable_parameters.is_empty() {
             return Err(Error::invalid(
                 "mutable_parameters",
@@ -337,6 +379,10 @@ impl ControllerService {
         }
         let _lock = self.lock(&req.name)?;
 
+        let content = match &req.volume_content_source {
+            Some(source) => Some(self.content_source(source, &params.file_system_id).await?),
+            None => None,
+        };
         let fs = self.fs_info(&params.file_system_id).await?;
         let zones = accessible_zones(
             &params.file_system_id,
@@ -394,6 +440,23 @@ impl ControllerService {
             }
         };
         let ap = self.wait_available(&params.file_system_id, ap).await?;
+        if let Some(source) = &content {
+            let root = ap
+                .root_path
+                .as_deref()
+                .unwrap_or(&params.root_path)
+                .trim_matches('/');
+            if root.is_empty() {
+                return Err(Error::invalid(
+                    "volume_content_source",
+                    "a restored volume needs a directory of its own, not the file system root",
+                ));
+            }
+            let dest = format!("{}{root}/", fs.prefix);
+            let owner = ap.posix_user.as_ref().map(|u| (u.uid, u.gid));
+            self.restore(&req.name, &fs, &params.file_system_id, source, dest, owner)
+                .await?;
+        }
         let handle = VolumeHandle::for_access_point(&params.file_system_id, &ap.id);
         let accessible_topology = zones
             .into_iter()
@@ -415,7 +478,7 @@ impl ControllerService {
                     ("bucket".to_owned(), fs.bucket.clone()),
                 ]
                 .into(),
-                content_source: None,
+                content_source: req.volume_content_source.clone(),
                 accessible_topology,
             }),
         })
@@ -962,11 +1025,17 @@ csi_service_impl! {
         ) -> std::result::Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
             use controller_service_capability::rpc::Type;
             rpc::call("ControllerGetCapabilities", request, |_| async {
+                let mut capabilities =
+                    vec![Type::CreateDeleteVolume, Type::ExpandVolume, Type::SingleNodeMultiWriter];
+                if self.inner.versions.is_some() {
+                    capabilities.extend([
+                        Type::CreateDeleteSnapshot,
+                        Type::ListSnapshots,
+                        Type::CloneVolume,
+                    ]);
+                }
                 Ok(csi::ControllerGetCapabilitiesResponse {
-                    capabilities: [Type::CreateDeleteVolume, Type::ExpandVolume, Type::SingleNodeMultiWriter]
-                        .into_iter()
-                        .map(rpc_capability)
-                        .collect(),
+                    capabilities: capabilities.into_iter().map(rpc_capability).collect(),
                 })
             })
             .await
@@ -993,6 +1062,27 @@ csi_service_impl! {
             rpc::call("ValidateVolumeCapabilities", request, |req| self.validate(req)).await
         }
 
+        async fn create_snapshot(
+            &self,
+            request: Request<csi::CreateSnapshotRequest>,
+        ) -> std::result::Result<Response<csi::CreateSnapshotResponse>, Status> {
+            rpc::call("CreateSnapshot", request, |req| self.create_snapshot(req)).await
+        }
+
+        async fn delete_snapshot(
+            &self,
+            request: Request<csi::DeleteSnapshotRequest>,
+        ) -> std::result::Result<Response<csi::DeleteSnapshotResponse>, Status> {
+            rpc::call("DeleteSnapshot", request, |req| self.delete_snapshot(req)).await
+        }
+
+        async fn list_snapshots(
+            &self,
+            request: Request<csi::ListSnapshotsRequest>,
+        ) -> std::result::Result<Response<csi::ListSnapshotsResponse>, Status> {
+            rpc::call("ListSnapshots", request, |req| self.list_snapshots(req)).await
+        }
+
         async fn controller_expand_volume(
             &self,
             request: Request<csi::ControllerExpandVolumeRequest>,
@@ -1007,9 +1097,6 @@ csi_service_impl! {
             -> ControllerUnpublishVolumeResponse;
         list_volumes("ListVolumes", ListVolumesRequest) -> ListVolumesResponse;
         get_capacity("GetCapacity", GetCapacityRequest) -> GetCapacityResponse;
-        create_snapshot("CreateSnapshot", CreateSnapshotRequest) -> CreateSnapshotResponse;
-        delete_snapshot("DeleteSnapshot", DeleteSnapshotRequest) -> DeleteSnapshotResponse;
-        list_snapshots("ListSnapshots", ListSnapshotsRequest) -> ListSnapshotsResponse;
         get_snapshot("GetSnapshot", GetSnapshotRequest) -> GetSnapshotResponse;
         controller_get_volume("ControllerGetVolume", ControllerGetVolumeRequest)
             -> ControllerGetVolumeResponse;

@@ -7,6 +7,8 @@
 //! (which S3 Files requires) this leaves delete markers, as `rm` through S3 Files does; older
 //! versions follow the bucket's lifecycle rules.
 
+pub mod versions;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

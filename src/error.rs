@@ -29,6 +29,10 @@ pub enum Error {
     #[error("an operation on volume {0} is already in progress; retry later")]
     Busy(String),
 
+    /// Work the call started is still running (a restore); the same call later answers.
+    #[error("{0}")]
+    InProgress(String),
+
     /// A quota or finite pool (GIDs, access points) ran out.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -95,6 +99,8 @@ impl Error {
             // CSI reserves Aborted for "an operation is pending for this volume"; the CO
             // retries with backoff.
             Error::Busy(_) => Code::Aborted,
+            // The same: csi-provisioner keeps retrying a CreateVolume answered Aborted.
+            Error::InProgress(_) => Code::Aborted,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             // Unavailable tells the CO the call may succeed unchanged later, which is true
             // of throttling and transient network faults.

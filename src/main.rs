@@ -98,6 +98,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 extra_tags: args.tags.clone(),
                 ready_timeout: args.ready_timeout,
                 gid_settle: args.gid_settle,
+                restore_wait: args.restore_wait,
                 ..ControllerConfig::default()
             };
             let terms = leader_lease(&args).await;
@@ -117,12 +118,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 metrics.clone(),
                 events,
             );
+            let mut controller = ControllerService::with_terms(cloud.clone(), data, config, terms);
+            if let Some(versions) = versions_store(args.data_store.as_deref(), &region).await? {
+                controller = controller.with_snapshots(versions, metrics.clone());
+            }
             let identity =
                 IdentityService::new(args.serve.driver_name.clone(), Mode::Controller, vec![])
                     .with_detail(monitor);
             let services = Services {
                 identity,
-                controller: Some(ControllerService::with_terms(cloud, data, config, terms)),
+                controller: Some(controller),
                 node: None,
                 metrics,
             };
@@ -383,6 +388,21 @@ fn data_store(spec: Option<&str>, region: &str) -> anyhow::Result<Option<Arc<dyn
     Ok(Some(Arc::new(
         ObjectData::new(location).with_region(Some(region.to_owned())),
     )))
+}
+
+/// Object versions for snapshots and clones, when `--data-store` is on S3.
+async fn versions_store(
+    spec: Option<&str>,
+    region: &str,
+) -> anyhow::Result<Option<Arc<dyn s3files_csi::data::versions::Versions>>> {
+    let Some(spec) = spec else { return Ok(None) };
+    match DataLocation::parse(spec).map_err(anyhow::Error::msg)? {
+        DataLocation::S3 { endpoint } => Ok(Some(Arc::new(
+            s3files_csi::data::versions::S3Versions::from_env(endpoint.as_deref(), Some(region))
+                .await,
+        ))),
+        DataLocation::Local { .. } => Ok(None),
+    }
 }
 
 async fn mount(args: MountArgs) -> anyhow::Result<ExitCode> {

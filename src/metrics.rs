@@ -49,6 +49,10 @@ pub struct Metrics {
     api_calls: Family<ApiLabels, Counter>,
     api_seconds: Family<OperationLabel, Histogram>,
     cloud_reachable: Gauge,
+    restored_objects: Counter,
+    restored_bytes: Counter,
+    restores_running: Gauge,
+    snapshot_warnings: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +92,30 @@ impl Default for Metrics {
             "1 when the last background ping of the S3 Files API succeeded, else 0 (the controller)",
             cloud_reachable.clone(),
         );
+        let restored_objects = Counter::default();
+        registry.register(
+            "restored_objects",
+            "Objects copied by restores of snapshots and clones (the controller)",
+            restored_objects.clone(),
+        );
+        let restored_bytes = Counter::default();
+        registry.register(
+            "restored_bytes",
+            "Bytes copied server-side by restores of snapshots and clones (the controller)",
+            restored_bytes.clone(),
+        );
+        let restores_running = Gauge::default();
+        registry.register(
+            "restores_running",
+            "Restores of snapshots and clones this controller is copying now",
+            restores_running.clone(),
+        );
+        let snapshot_warnings = Counter::default();
+        registry.register(
+            "snapshot_lifecycle_warnings",
+            "Snapshots taken where a bucket lifecycle rule may expire the versions they need",
+            snapshot_warnings.clone(),
+        );
         Metrics {
             registry,
             rpcs,
@@ -95,6 +123,10 @@ impl Default for Metrics {
             api_calls,
             api_seconds,
             cloud_reachable,
+            restored_objects,
+            restored_bytes,
+            restores_running,
+            snapshot_warnings,
         }
     }
 }
@@ -135,6 +167,22 @@ impl Metrics {
                 operation: operation.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// One object of `bytes` copied by a restore.
+    pub fn restored(&self, bytes: u64) {
+        self.restored_objects.inc();
+        self.restored_bytes.inc_by(bytes);
+    }
+
+    /// A restore began (`+1`) or ended (`-1`).
+    pub fn restore_running(&self, delta: i64) {
+        self.restores_running.inc_by(delta);
+    }
+
+    /// A snapshot was taken under a lifecycle rule that may expire its versions.
+    pub fn snapshot_warning(&self) {
+        self.snapshot_warnings.inc();
     }
 
     /// Calls of `operation` with `outcome` so far.

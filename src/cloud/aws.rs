@@ -650,6 +650,32 @@ impl S3Files for AwsS3Files {
         .await?;
         Ok(())
     }
+
+    async fn list_file_system_ids(&self) -> Result<Vec<String>, CloudError> {
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let out = self
+                .attempts(|| async {
+                    self.client
+                        .list_file_systems()
+                        .set_next_token(token.clone())
+                        .send()
+                        .await
+                        .map_err(|e| cloud_error("ListFileSystems", e))
+                })
+                .await?;
+            ids.extend(
+                out.file_systems()
+                    .iter()
+                    .map(|f| f.file_system_id().to_owned()),
+            );
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(ids);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

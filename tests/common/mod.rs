@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod emulator;
 #[path = "../../benches/support/lease.rs"]
 pub mod lease;
