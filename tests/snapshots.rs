@@ -68,21 +68,7 @@ impl World {
     }
 
     fn versions(&self) -> S3Versions {
-        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(&self.s3.url)
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
-                common::s3server::ACCESS_KEY,
-                common::s3server::SECRET_KEY,
-                None,
-                None,
-                "test",
-            ))
-            .build();
-        S3Versions::new(aws_sdk_s3::Client::from_conf(config))
+        S3Versions::new(sdk(&self.s3.url))
     }
 
     /// Kills the controller as a crash would and starts another on the same emulator.
@@ -95,6 +81,25 @@ impl World {
         let fresh = Plugin::start_with_env(&all, &env).await;
         drop(std::mem::replace(&mut self.stack.plugin, fresh));
     }
+}
+
+/// An S3 client of the test's own, with the credentials moto takes.
+fn sdk(url: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .credentials_provider(Credentials::new(
+            common::s3server::ACCESS_KEY,
+            common::s3server::SECRET_KEY,
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
 }
 
 fn volume_request(
@@ -820,4 +825,124 @@ async fn taking_a_snapshot_costs_the_same_requests_for_10_and_10000_objects() {
     }
     assert_eq!(counts[0].len(), counts[1].len(), "{counts:?}");
     assert!(counts[0].len() <= 6, "{:?}", counts[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_are_copied_in_parts_with_their_metadata_and_owner_mapped() {
+    use s3files_csi::data::versions::{OwnerMap, VersionEntry};
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let world_versions = sdk(&s3.url);
+    let body: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+    world_versions
+        .put_object()
+        .bucket(BUCKET)
+        .key("src/big.bin")
+        .content_type("application/x-test")
+        .metadata("uid", "50001")
+        .metadata("gid", "50001")
+        .metadata("mode", "33188")
+        .metadata("mtime", "1600000000")
+        .body(body.clone().into())
+        .send()
+        .await
+        .expect("put");
+    let versions = S3Versions::new(world_versions.clone()).with_part_copies(1 << 20, 5 << 20);
+    let page = versions.versions(BUCKET, "src/", None).await.expect("list");
+    let entry: VersionEntry = page.entries[0].clone();
+    assert_eq!(entry.size, 12 << 20);
+    versions
+        .copy(
+            BUCKET,
+            &entry,
+            "dst/big.bin",
+            Some(OwnerMap {
+                from: (50001, 50001),
+                to: (50002, 50002),
+            }),
+        )
+        .await
+        .expect("copy in parts");
+    let got = world_versions
+        .get_object()
+        .bucket(BUCKET)
+        .key("dst/big.bin")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(got.content_type(), Some("application/x-test"));
+    let meta = got.metadata().cloned().unwrap_or_default();
+    assert_eq!(meta.get("uid").map(String::as_str), Some("50002"));
+    assert_eq!(meta.get("gid").map(String::as_str), Some("50002"));
+    assert_eq!(meta.get("mode").map(String::as_str), Some("33188"));
+    assert_eq!(meta.get("mtime").map(String::as_str), Some("1600000000"));
+    let e_tag = got.e_tag().unwrap_or_default().to_owned();
+    assert!(e_tag.contains("-3"), "three parts: {e_tag}");
+    let bytes = got.body.collect().await.expect("body").into_bytes();
+    assert!(bytes.as_ref() == body.as_slice(), "the bytes survive");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_missing_versions_of_the_snapshot_fails_saying_so() {
+    let world = World::start().await;
+    let mut client = world.client().await;
+    let source = create_until_done(&mut client, volume_request(&world, "pvc-gap", None)).await;
+    let prefix = format!("k8s/{}/", root_of(&source));
+    fill(&world.store(), &prefix, 5).await;
+    let snap = snapshot(&mut client, "gap", &source.volume_id)
+        .await
+        .expect("snapshot");
+    // The size (and object count) is measured just after the snapshot.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = client
+            .list_snapshots(csi::ListSnapshotsRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        if listed.entries[0].snapshot.as_ref().expect("s").size_bytes > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never measured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What a lifecycle rule expiring versions does: the version the snapshot needs goes.
+    let versions = world.versions();
+    let page = versions
+        .versions(BUCKET, &prefix, None)
+        .await
+        .expect("list");
+    let victim = page.entries[2].clone();
+    sdk(&world.s3.url)
+        .delete_object()
+        .bucket(BUCKET)
+        .key(&victim.key)
+        .version_id(&victim.version_id)
+        .send()
+        .await
+        .expect("delete the version");
+    let req = volume_request(
+        &world,
+        "pvc-gap-restored",
+        snapshot_source(&snap.snapshot_id),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match client.create_volume(req.clone()).await {
+            Err(s) if s.code() == Code::Aborted => {
+                assert!(std::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => break s,
+            Ok(_) => panic!("a restore missing a version must fail"),
+        }
+    };
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("1 of them have no version left"),
+        "{status:?}"
+    );
 }

@@ -43,6 +43,9 @@ pub struct RestorePlan {
     /// the moment its record is first written.
     pub time_ms: Option<i64>,
     pub owners: Option<OwnerMap>,
+    /// How many objects the snapshot held when it was measured: a restore that finds fewer
+    /// lost some to expired versions.
+    pub expected_objects: Option<u64>,
     /// Source keys under these prefixes are not the volume's (the driver's records,
     /// lost+found, the destination itself).
     pub skip_prefixes: Vec<String>,
@@ -192,11 +195,18 @@ pub async fn run(
             .await?;
         let last = page.next.is_none();
         let (chosen, last_key) = chooser.page(page.entries, last);
-        let jobs: Vec<VersionEntry> = chosen
-            .into_iter()
-            .filter(|v| !plan.skip_prefixes.iter().any(|p| v.key.starts_with(p)))
-            .filter(|v| !landed.remove(&dest_key(plan, &v.key)))
-            .collect();
+        let mut jobs = Vec::new();
+        for v in chosen {
+            if plan.skip_prefixes.iter().any(|p| v.key.starts_with(p)) {
+                continue;
+            }
+            if landed.remove(&dest_key(plan, &v.key)) {
+                progress.objects.fetch_add(1, Ordering::Relaxed);
+                progress.bytes.fetch_add(v.size, Ordering::Relaxed);
+                continue;
+            }
+            jobs.push(v);
+        }
         futures_util::stream::iter(jobs)
             .map(|v| async move {
                 let to = dest_key(plan, &v.key);
@@ -220,6 +230,20 @@ pub async fn run(
         record.objects = progress.objects.load(Ordering::Relaxed);
         record.bytes = progress.bytes.load(Ordering::Relaxed);
         if last {
+            if let Some(expected) = plan.expected_objects
+                && record.objects < expected
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} cannot be restored completely: it held {expected} objects and {} of them \
+                     have no version left at its moment in bucket {bucket} (a lifecycle rule that \
+                     expires noncurrent versions may have deleted them); {} objects were copied \
+                     into {}",
+                    plan.source,
+                    expected - record.objects,
+                    record.objects,
+                    plan.dest_prefix
+                )));
+            }
             record.done = true;
             save(versions, plan, &record).await?;
             info!(source = %plan.source, to = %plan.dest_prefix, objects = record.objects, bytes = record.bytes, "restore done");
@@ -382,6 +406,199 @@ fn spawn(versions: Arc<dyn Versions>, plan: RestorePlan, metrics: Option<Arc<Met
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::versions::{ExpiringRule, VersionPage};
+    use std::collections::BTreeMap;
+
+    /// A versioned bucket in memory: pages of `page` entries, copies that fail for one key
+    /// or after a number of them (a crash), and every copy counted by destination.
+    #[derive(Default)]
+    struct Bucket {
+        objects: Mutex<BTreeMap<String, Vec<VersionEntry>>>,
+        page: usize,
+        missing: Option<String>,
+        crash_after: Mutex<Option<usize>>,
+        copied: Mutex<HashMap<String, usize>>,
+    }
+
+    impl Bucket {
+        fn with(keys: usize, page: usize) -> Bucket {
+            let b = Bucket {
+                page,
+                ..Bucket::default()
+            };
+            {
+                let mut o = b.objects.lock().expect("objects");
+                for i in 0..keys {
+                    let key = format!("src/f{i:04}");
+                    // Two versions each: the one of the moment (100) and a later one (300).
+                    o.insert(key.clone(), vec![v(&key, 300, false), v(&key, 100, false)]);
+                }
+            }
+            b
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Versions for Bucket {
+        async fn put(&self, _: &str, key: &str, body: Vec<u8>) -> Result<()> {
+            let mut o = self.objects.lock().expect("objects");
+            let mut e = v(key, 500, false);
+            e.version_id = String::from_utf8_lossy(&body).into_owned();
+            o.entry(key.to_owned()).or_default().insert(0, e);
+            Ok(())
+        }
+        async fn get(&self, _: &str, key: &str) -> Result<Option<Vec<u8>>> {
+            let o = self.objects.lock().expect("objects");
+            Ok(o.get(key)
+                .and_then(|l| l.first())
+                .map(|e| e.version_id.clone().into_bytes()))
+        }
+        async fn modified_ms(&self, _: &str, key: &str) -> Result<Option<i64>> {
+            let o = self.objects.lock().expect("objects");
+            Ok(o.get(key).and_then(|l| l.first()).map(|e| e.modified_ms))
+        }
+        async fn delete(&self, _: &str, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn keys(
+            &self,
+            _: &str,
+            prefix: &str,
+            after: Option<&str>,
+            max: usize,
+        ) -> Result<Vec<String>> {
+            let o = self.objects.lock().expect("objects");
+            Ok(o.keys()
+                .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+                .take(max)
+                .cloned()
+                .collect())
+        }
+        async fn versions(
+            &self,
+            _: &str,
+            prefix: &str,
+            from: Option<&(String, Option<String>)>,
+        ) -> Result<VersionPage> {
+            let o = self.objects.lock().expect("objects");
+            let all: Vec<VersionEntry> = o
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .flat_map(|(_, l)| l.iter().cloned())
+                .collect();
+            let start = match from {
+                None => 0,
+                Some((k, None)) => all.iter().position(|e| &e.key > k).unwrap_or(all.len()),
+                Some((k, Some(id))) => all
+                    .iter()
+                    .position(|e| &e.key == k && &e.version_id == id)
+                    .map_or(all.len(), |i| i + 1),
+            };
+            let entries: Vec<VersionEntry> = all[start..].iter().take(self.page).cloned().collect();
+            let next = if start + entries.len() < all.len() {
+                entries
+                    .last()
+                    .map(|e| (e.key.clone(), Some(e.version_id.clone())))
+            } else {
+                None
+            };
+            Ok(VersionPage { entries, next })
+        }
+        async fn copy(
+            &self,
+            _: &str,
+            from: &VersionEntry,
+            to: &str,
+            _: Option<OwnerMap>,
+        ) -> Result<()> {
+            if self.missing.as_deref() == Some(from.key.as_str()) {
+                return Err(Error::NotFound(format!("version {}", from.version_id)));
+            }
+            if let Some(n) = self.crash_after.lock().expect("crash").as_mut() {
+                if *n == 0 {
+                    return Err(Error::Unavailable("the controller died".into()));
+                }
+                *n -= 1;
+            }
+            *self
+                .copied
+                .lock()
+                .expect("copied")
+                .entry(to.to_owned())
+                .or_default() += 1;
+            let mut e = from.clone();
+            e.key = to.to_owned();
+            e.modified_ms = 400;
+            let mut o = self.objects.lock().expect("objects");
+            o.entry(to.to_owned()).or_default().insert(0, e);
+            Ok(())
+        }
+        async fn expiring_rules(&self, _: &str) -> Result<Vec<ExpiringRule>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn plan(time_ms: i64) -> RestorePlan {
+        RestorePlan {
+            bucket: "b".into(),
+            record_key: "rec/r.json".into(),
+            source: "snapshot s".into(),
+            source_prefix: "src/".into(),
+            dest_prefix: "dst/".into(),
+            time_ms: Some(time_ms),
+            owners: None,
+            expected_objects: None,
+            skip_prefixes: vec!["dst/".into(), "rec/".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restore_stopped_midway_resumes_and_copies_every_object_once() {
+        // Pages of 7 entries split keys (two versions each) across pages.
+        let bucket = Bucket::with(100, 7);
+        *bucket.crash_after.lock().expect("crash") = Some(40);
+        let plan = plan(150);
+        let first = run(&bucket, &plan, &Progress::default(), None).await;
+        assert!(matches!(first, Err(Error::Unavailable(_))), "{first:?}");
+        *bucket.crash_after.lock().expect("crash") = None;
+        let record = run(&bucket, &plan, &Progress::default(), None)
+            .await
+            .expect("resumed");
+        assert!(record.done);
+        assert_eq!(record.objects, 100);
+        let copied = bucket.copied.lock().expect("copied");
+        assert_eq!(copied.len(), 100);
+        assert!(copied.values().all(|n| *n == 1), "{copied:?}");
+        // Each copy is the version of the moment, not the later one.
+        let o = bucket.objects.lock().expect("objects");
+        assert!(
+            o.iter()
+                .filter(|(k, _)| k.starts_with("dst/"))
+                .all(|(_, l)| l.len() == 1 && l[0].version_id.ends_with("@100"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_gone_before_its_copy_fails_the_restore_naming_the_key() {
+        let mut bucket = Bucket::with(10, 1000);
+        bucket.missing = Some("src/f0003".into());
+        let err = run(&bucket, &plan(150), &Progress::default(), None)
+            .await
+            .expect_err("missing version");
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("src/f0003"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restore_finding_fewer_objects_than_the_snapshot_held_fails() {
+        let bucket = Bucket::with(10, 1000);
+        let mut p = plan(150);
+        p.expected_objects = Some(12);
+        let err = run(&bucket, &p, &Progress::default(), None)
+            .await
+            .expect_err("two gone");
+        assert!(err.to_string().contains("2 of them"), "{err}");
+    }
 
     fn v(key: &str, ms: i64, marker: bool) -> VersionEntry {
         VersionEntry {
@@ -436,6 +653,7 @@ mod tests {
             dest_prefix: "k8s/b/".into(),
             time_ms: None,
             owners: None,
+            expected_objects: None,
             skip_prefixes: vec![],
         };
         assert_eq!(dest_key(&plan, "k8s/a/x/y.txt"), "k8s/b/x/y.txt");

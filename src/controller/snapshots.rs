@@ -111,6 +111,7 @@ pub(super) struct ContentSource {
     pub prefix: String,
     pub time_ms: Option<i64>,
     pub owner: Option<(u32, u32)>,
+    pub expected_objects: Option<u64>,
 }
 
 /// Key prefixes under a file system's root that are never a volume's files.
@@ -583,6 +584,7 @@ impl ControllerService {
                     prefix: record.prefix,
                     time_ms: Some(time_ms),
                     owner: record.owner,
+                    expected_objects: record.objects,
                 })
             }
             Some(Type::Volume(v)) => {
@@ -601,6 +603,7 @@ impl ControllerService {
                     prefix: source.prefix,
                     time_ms: None,
                     owner: source.owner,
+                    expected_objects: None,
                 })
             }
             None => Err(Error::invalid(
@@ -637,6 +640,7 @@ impl ControllerService {
             dest_prefix,
             time_ms: source.time_ms,
             owners,
+            expected_objects: source.expected_objects,
             skip_prefixes: skip,
         };
         let wait = self.inner.config.restore_wait;
