@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
     CSIPersistentVolumeSource, Container, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, Pod,
-    PodSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    PodSpec, TypedLocalObjectReference, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
@@ -60,6 +60,22 @@ impl Scope {
     }
 
     async fn claim(&self, name: &str, class: &str, mode: &str) -> PersistentVolumeClaim {
+        self.claim_from(name, class, mode, None).await
+    }
+
+    /// A claim whose content comes from `source`: (kind, name) of a VolumeSnapshot or a claim.
+    async fn claim_from(
+        &self,
+        name: &str,
+        class: &str,
+        mode: &str,
+        source: Option<(&str, &str)>,
+    ) -> PersistentVolumeClaim {
+        let data_source = source.map(|(kind, name)| TypedLocalObjectReference {
+            api_group: (kind == "VolumeSnapshot").then(|| "snapshot.storage.k8s.io".to_owned()),
+            kind: kind.into(),
+            name: name.into(),
+        });
         let pvc = PersistentVolumeClaim {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.into()),
@@ -68,6 +84,7 @@ impl Scope {
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec![mode.into()]),
                 storage_class_name: Some(class.into()),
+                data_source,
                 resources: Some(VolumeResourceRequirements {
                     requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
                     ..Default::default()
@@ -167,6 +184,41 @@ impl Scope {
                 return phase;
             }
             assert!(Instant::now() < deadline, "pod {name} still {phase}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Takes a VolumeSnapshot of `claim` with the chart's class and waits until it is ready.
+    async fn snapshot(&self, name: &str, claim: &str) {
+        use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+        let gvk = GroupVersionKind::gvk("snapshot.storage.k8s.io", "v1", "VolumeSnapshot");
+        let resource = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &self.ns, &resource);
+        let body: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1",
+            "kind": "VolumeSnapshot",
+            "metadata": {"name": name},
+            "spec": {
+                "volumeSnapshotClassName": "s3files",
+                "source": {"persistentVolumeClaimName": claim}
+            }
+        }))
+        .expect("snapshot");
+        api.create(&PostParams::default(), &body)
+            .await
+            .expect("create snapshot");
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let got = api.get(name).await.expect("get snapshot");
+            if got.data["status"]["readyToUse"] == serde_json::json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "snapshot {name} not ready: {}",
+                got.data["status"]
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
@@ -462,4 +514,80 @@ async fn a_restarted_node_plugin_serves_new_mounts() {
         )
         .await;
     assert!(out.contains("fine"), "{out}");
+}
+
+#[tokio::test]
+async fn a_claim_restored_from_a_snapshot_holds_the_files_as_they_were() {
+    let s = Scope::new("snap").await;
+    s.claim("source", "s3files", "ReadWriteMany").await;
+    // S3 times versions to the second: the pauses keep the snapshot's second apart.
+    s.run(
+        "before",
+        "source",
+        false,
+        None,
+        "mkdir -p /data/d && echo v1 > /data/d/f && echo gone > /data/g && sync && sleep 2",
+    )
+    .await;
+    s.snapshot("snap", "source").await;
+    s.run(
+        "after",
+        "source",
+        false,
+        None,
+        "sleep 2 && echo v2 > /data/d/f && rm /data/g && echo new > /data/h && sync",
+    )
+    .await;
+    s.claim_from(
+        "restored",
+        "s3files",
+        "ReadWriteMany",
+        Some(("VolumeSnapshot", "snap")),
+    )
+    .await;
+    let out = s
+        .run(
+            "check",
+            "restored",
+            false,
+            None,
+            "cat /data/d/f /data/g; ls /data",
+        )
+        .await;
+    assert!(out.contains("v1") && out.contains("gone"), "{out}");
+    assert!(
+        !out.lines().any(|l| l.trim() == "h"),
+        "added after the snapshot: {out}"
+    );
+    assert!(!out.contains("v2"), "{out}");
+}
+
+#[tokio::test]
+async fn a_cloned_claim_holds_the_source_claims_files() {
+    let s = Scope::new("clone").await;
+    s.claim("original", "s3files", "ReadWriteMany").await;
+    s.run(
+        "fill",
+        "original",
+        false,
+        None,
+        "echo cloned-bytes > /data/f && sync && sleep 2",
+    )
+    .await;
+    s.claim_from(
+        "copy",
+        "s3files",
+        "ReadWriteMany",
+        Some(("PersistentVolumeClaim", "original")),
+    )
+    .await;
+    let out = s.run("read", "copy", false, None, "cat /data/f").await;
+    assert!(out.contains("cloned-bytes"), "{out}");
+    s.run("write", "copy", false, None, "echo mine > /data/f")
+        .await;
+    let original = s.run("still", "original", false, None, "cat /data/f").await;
+    assert!(
+        original.contains("cloned-bytes"),
+        "the source is untouched: {original}"
+    );
 }

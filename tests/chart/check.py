@@ -178,6 +178,41 @@ def memory(docs):
     )
 
 
+def snapshots(docs):
+    """The local profile's snapshots: the sidecar, its RBAC, the class, and the data store."""
+    spec = pod_spec(find(docs, "Deployment")[0])
+    names = [c["name"] for c in spec["containers"]]
+    check("csi-snapshotter runs next to the controller", "csi-snapshotter" in names, f"{names}")
+    if "csi-snapshotter" not in names:
+        return
+    args = container(spec, "csi-snapshotter")["args"]
+    check("csi-snapshotter elects a leader", "--leader-election" in args, f"{args}")
+    check(
+        "the controller has a data store for snapshots",
+        flag(container(spec, "driver")["args"], "data-store") is not None,
+    )
+    roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
+    rules = roles.get("s3files-snapshotter", {}).get("rules", [])
+    check(
+        "csi-snapshotter may update snapshot contents' status",
+        any("volumesnapshotcontents/status" in r["resources"] and "update" in r["verbs"] for r in rules),
+        f"{rules}",
+    )
+    bound = {b["roleRef"]["name"] for b in find(docs, "ClusterRoleBinding")}
+    check("csi-snapshotter's role is bound", "s3files-snapshotter" in bound, f"{bound}")
+    provisioner = roles.get("s3files-provisioner", {}).get("rules", [])
+    check(
+        "csi-provisioner may read the VolumeSnapshots claims restore from",
+        any("volumesnapshots" in r["resources"] and "get" in r["verbs"] for r in provisioner),
+    )
+    classes = find(docs, "VolumeSnapshotClass")
+    check(
+        "the VolumeSnapshotClass names this driver",
+        len(classes) == 1 and classes[0]["driver"] == "s3files.csi.dev" and classes[0]["deletionPolicy"] == "Delete",
+        f"{classes}",
+    )
+
+
 def main():
     docs, err = render()
     if docs is None:
@@ -283,6 +318,18 @@ def main():
     args = container(pod_spec(find(docs, "DaemonSet")[0]), "driver")["args"]
     check("the local profile runs no watchdog", flag(args, "efs-watchdog") == "off", f"{args}")
     check("the local profile has no proxy budget", flag(args, "proxy-memory-budget") is None, f"{args}")
+
+    snapshots(docs)
+    docs, err = render()
+    names = [c["name"] for c in pod_spec(find(docs, "Deployment")[0])["containers"]]
+    check("by default no csi-snapshotter runs", "csi-snapshotter" not in names, f"{names}")
+    check("by default no VolumeSnapshotClass", not find(docs, "VolumeSnapshotClass"))
+    docs, err = render("--set", "sidecars.snapshotter.enabled=true", "--set", "controller.dataStore=")
+    check(
+        "csi-snapshotter without a data store is refused at render time",
+        docs is None and "dataStore" in err,
+        err,
+    )
 
     docs, err = render("--set", "node.efsUtils.memoryBudgetMiB=1900")
     check(

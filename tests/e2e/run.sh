@@ -51,6 +51,17 @@ if [ -n "$kube_version" ]; then
 fi
 kind create cluster --name "$cluster" --config tests/e2e/kind.yaml "${node_image[@]}" --wait 120s
 
+# VolumeSnapshots: the CRDs and snapshot-controller, as a cluster administrator installs them
+# (the chart's local profile runs csi-snapshotter and makes the `s3files` VolumeSnapshotClass).
+snapshotter=v8.5.0
+snapshot_base=https://raw.githubusercontent.com/kubernetes-csi/external-snapshotter/$snapshotter
+for kind in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+  kubectl apply -f "$snapshot_base/client/config/crd/snapshot.storage.k8s.io_$kind.yaml"
+done
+kubectl apply -f "$snapshot_base/deploy/kubernetes/snapshot-controller/rbac-snapshot-controller.yaml"
+kubectl apply -f "$snapshot_base/deploy/kubernetes/snapshot-controller/setup-snapshot-controller.yaml"
+kubectl -n kube-system rollout status deployment/snapshot-controller --timeout=180s
+
 docker build --target local -t "$image" .
 kind load docker-image "$image" --name "$cluster"
 
