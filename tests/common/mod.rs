@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+#[path = "../../benches/support/counting.rs"]
 pub mod counting;
 pub mod emulator;
 #[path = "../../benches/support/lease.rs"]
