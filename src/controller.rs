@@ -53,6 +53,9 @@ pub const TAG_ON_DELETE: &str = "s3files.csi.dev/on-delete";
 /// parameters and capabilities), so a CreateVolume of the same name asking for something else
 /// is `AlreadyExists`, also after a controller restart.
 pub const TAG_REQUEST: &str = "s3files.csi.dev/request";
+/// Tag naming the snapshot or volume a volume was restored or cloned from; its restore record
+/// is deleted with it.
+pub const TAG_CONTENT_SOURCE: &str = "s3files.csi.dev/content-source";
 
 /// The digest a volume's [`TAG_REQUEST`] holds: the same for every retry of one request,
 /// different when the capacity range, a parameter or a capability differs.
@@ -402,6 +405,9 @@ impl ControllerService {
             tags.push((TAG_ON_DELETE.to_owned(), "delete".to_owned()));
         }
         tags.push((TAG_REQUEST.to_owned(), digest.clone()));
+        if let Some(source) = &content {
+            tags.push((TAG_CONTENT_SOURCE.to_owned(), source.id.clone()));
+        }
         let attempt = Attempt {
             name: &req.name,
             params: &params,
@@ -823,6 +829,9 @@ impl ControllerService {
             .any(|(k, v)| k == TAG_ON_DELETE && v == "delete");
         if delete_data {
             self.delete_data(&handle.file_system_id, &ap).await?;
+        }
+        if ap.tags.iter().any(|(k, _)| k == TAG_CONTENT_SOURCE) {
+            self.forget_restore(&handle.file_system_id, &ap).await?;
         }
         match self.inner.cloud.delete_access_point(&ap_id).await {
             Ok(()) | Err(CloudError::NotFound(_)) => {}

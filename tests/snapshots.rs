@@ -500,6 +500,34 @@ async fn a_snapshot_restores_the_tree_as_it_was_and_a_clone_the_tree_as_it_is() 
     .await;
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
     drop((m, rm, cm));
+
+    // Deleting a restored volume deletes its restore record too.
+    let record_key = format!(
+        "k8s/.s3files-csi/restores/{}.json",
+        s3files_csi::controller::client_token("pvc-restored")
+    );
+    let versions = world.versions();
+    assert!(
+        versions
+            .get(BUCKET, &record_key)
+            .await
+            .expect("get")
+            .is_some()
+    );
+    client
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: restored.volume_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete the restored volume");
+    assert!(
+        versions
+            .get(BUCKET, &record_key)
+            .await
+            .expect("get")
+            .is_none()
+    );
 }
 
 async fn create_until_done_err(

@@ -250,6 +250,7 @@ pub async fn run(
             return Ok(record);
         }
         save(versions, plan, &record).await?;
+        info!(source = %plan.source, to = %plan.dest_prefix, objects = record.objects, bytes = record.bytes, after = ?record.after, "restore progress");
         from = page.next;
     }
 }
@@ -327,6 +328,7 @@ type Outcome = Result<RestoreRecord>;
 
 /// One restore running in this controller.
 struct Job {
+    task: tokio::task::AbortHandle,
     progress: Arc<Progress>,
     done: tokio::sync::watch::Receiver<bool>,
     outcome: Arc<Mutex<Option<Outcome>>>,
@@ -339,6 +341,18 @@ pub struct Restores {
 }
 
 impl Restores {
+    /// Stops the restore recorded at `record_key` if it runs here (its volume is deleted).
+    pub fn abort(&self, record_key: &str) {
+        if let Some(job) = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(record_key)
+        {
+            job.task.abort();
+        }
+    }
+
     /// Starts the restore of `plan` unless it runs already, and waits up to `wait` for it:
     /// its record when done, its error when it failed (the next call starts it again), or
     /// `Busy`-like progress while it runs.
@@ -377,26 +391,42 @@ impl Restores {
     }
 }
 
+/// Counts a running restore in the gauge until dropped (also when the task is aborted).
+struct Running(Option<Arc<Metrics>>);
+
+impl Running {
+    fn start(metrics: Option<Arc<Metrics>>) -> Self {
+        if let Some(m) = &metrics {
+            m.restore_running(1);
+        }
+        Running(metrics)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(m) = &self.0 {
+            m.restore_running(-1);
+        }
+    }
+}
+
 fn spawn(versions: Arc<dyn Versions>, plan: RestorePlan, metrics: Option<Arc<Metrics>>) -> Job {
     let progress = Arc::new(Progress::default());
     let outcome = Arc::new(Mutex::new(None));
     let (tx, rx) = tokio::sync::watch::channel(false);
     let (p, o) = (progress.clone(), outcome.clone());
-    tokio::spawn(async move {
-        if let Some(m) = &metrics {
-            m.restore_running(1);
-        }
+    let task = tokio::spawn(async move {
+        let _running = Running::start(metrics.clone());
         let result = run(&*versions, &plan, &p, metrics.as_deref()).await;
         if let Err(e) = &result {
             warn!(source = %plan.source, to = %plan.dest_prefix, error = %e, "restore stopped");
-        }
-        if let Some(m) = &metrics {
-            m.restore_running(-1);
         }
         *o.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
         let _ = tx.send(true);
     });
     Job {
+        task: task.abort_handle(),
         progress,
         done: rx,
         outcome,

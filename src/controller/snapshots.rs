@@ -107,6 +107,8 @@ pub(super) struct VolumeData {
 
 /// What a new volume's content comes from.
 pub(super) struct ContentSource {
+    /// The snapshot or volume id.
+    pub id: String,
     pub description: String,
     pub prefix: String,
     pub time_ms: Option<i64>,
@@ -580,6 +582,7 @@ impl ControllerService {
                     return Err(Error::NotFound(format!("snapshot {id}")));
                 };
                 Ok(ContentSource {
+                    id: id.to_string(),
                     description: format!("snapshot {id}"),
                     prefix: record.prefix,
                     time_ms: Some(time_ms),
@@ -599,6 +602,7 @@ impl ControllerService {
                     ));
                 }
                 Ok(ContentSource {
+                    id: v.volume_id.clone(),
                     description: format!("volume {}", v.volume_id),
                     prefix: source.prefix,
                     time_ms: None,
@@ -611,6 +615,29 @@ impl ControllerService {
                 "names neither a snapshot nor a volume",
             )),
         }
+    }
+
+    fn restore_record_key(fs: &FsInfo, token: &str) -> String {
+        format!("{}{RECORDS_DIR}restores/{token}.json", fs.prefix)
+    }
+
+    /// Stops a restore into `ap`'s volume if one runs here, and deletes its record.
+    pub(super) async fn forget_restore(
+        &self,
+        fs_id: &str,
+        ap: &crate::cloud::AccessPoint,
+    ) -> Result<()> {
+        let (Some(versions), Some(token)) =
+            (self.inner.versions.clone(), ap.client_token.as_deref())
+        else {
+            return Ok(());
+        };
+        let fs = self.fs_info(fs_id).await?;
+        let key = Self::restore_record_key(&fs, token);
+        self.inner.restores.abort(&key);
+        versions
+            .delete(crate::data::bucket_name(&fs.bucket)?, &key)
+            .await
     }
 
     /// Restores `source` into the new volume's directory `dest_prefix`, owned by `owner`.
@@ -634,7 +661,7 @@ impl ControllerService {
         };
         let plan = RestorePlan {
             bucket,
-            record_key: format!("{}{RECORDS_DIR}restores/{token}.json", fs.prefix),
+            record_key: Self::restore_record_key(fs, &token),
             source: source.description.clone(),
             source_prefix: source.prefix.clone(),
             dest_prefix,
