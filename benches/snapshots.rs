@@ -3,10 +3,13 @@
 //! - CreateSnapshot of volumes of 10, 1,000 and 10,000 objects: time and S3 requests (counted
 //!   by a proxy in front of moto). They must stay flat: a snapshot copies nothing.
 //! - Restore throughput (objects/s, MiB/s) of CreateVolume from a snapshot against raw
-//!   CopyObject of the same objects with the same parallelism on the same server (list the
-//!   keys, copy each), for small files and for large ones, with the new volume's owner equal to
-//!   the source's (copies only) and with its own GID (each object's metadata is read and
-//!   rewritten). Rounds rotate which goes first; the ratio is the median of each round's.
+//!   requests doing the same work with the same parallelism on the same server (list the
+//!   versions under the source, CopyObject each with its version id), for small files and for
+//!   large ones, with the new volume's owner equal to the source's (copies only) and with its
+//!   own GID (each object's metadata is read and rewritten). Each phase has its own bucket and
+//!   every destination is purged (all versions) after its step, so each step meets the same
+//!   bucket: moto lists versions by scanning the whole bucket. Rounds rotate which goes first;
+//!   the ratio is the median of each round's.
 //!
 //! `cargo bench --bench snapshots -- [--rounds 3] [--small 2000] [--large 24] [--large-mib 16]`
 
@@ -30,7 +33,6 @@ use s3files_csi::emulator::faults::FaultConfig;
 use s3files_csi::emulator::store::Settings;
 use s3files_csi::emulator::{BucketStore, Config, Emulator};
 
-const BUCKET: &str = "bench";
 const PARALLEL: usize = s3files_csi::controller::restore::COPIES_IN_FLIGHT;
 
 struct Args {
@@ -106,20 +108,53 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Bench {
     controller: ControllerService,
     client: aws_sdk_s3::Client,
+    cloud: Arc<AwsS3Files>,
+    moto_url: String,
     proxy: counting::CountingProxy,
-    fs_id: String,
+}
+
+/// A file system on a bucket of its own.
+struct Fs {
+    id: String,
+    bucket: String,
 }
 
 impl Bench {
+    async fn file_system(&self, bucket: &str) -> Fs {
+        s3files_csi::plain_http::ensure_versioned_bucket(&self.moto_url, bucket)
+            .await
+            .expect("bucket");
+        let fs = self
+            .cloud
+            .create_file_system(&NewFileSystem {
+                bucket_arn: format!("arn:aws:s3:::{bucket}"),
+                prefix: Some("k8s/".into()),
+                role_arn: "arn:aws:iam::123456789012:role/bench".into(),
+                client_token: None,
+                tags: vec![],
+            })
+            .await
+            .expect("file system");
+        self.cloud
+            .create_mount_target(&fs.id, "subnet-0aaaaaaaaaaaaaaa1")
+            .await
+            .expect("mount target");
+        Fs {
+            id: fs.id,
+            bucket: bucket.to_owned(),
+        }
+    }
+
     async fn volume(
         &self,
+        fs: &Fs,
         name: &str,
         source: Option<csi::VolumeContentSource>,
         own_gid: bool,
     ) -> csi::Volume {
         let mut parameters: std::collections::HashMap<String, String> = [
             ("provisioningMode".to_owned(), "s3files-ap".to_owned()),
-            ("fileSystemId".to_owned(), self.fs_id.clone()),
+            ("fileSystemId".to_owned(), fs.id.clone()),
         ]
         .into();
         if !own_gid {
@@ -167,8 +202,35 @@ impl Bench {
         .expect("snapshot")
     }
 
+    /// Waits until the snapshot's size is measured (its listing in the background is over).
+    async fn measured(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let listed = Controller::list_snapshots(
+                &self.controller,
+                tonic::Request::new(csi::ListSnapshotsRequest {
+                    snapshot_id: id.into(),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .expect("list")
+            .into_inner();
+            if listed
+                .entries
+                .first()
+                .and_then(|e| e.snapshot.as_ref())
+                .is_some_and(|s| s.size_bytes > 0)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "snapshot {id} never measured");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Puts `n` objects of `size` bytes under `prefix`, owned (in their metadata) by 1000:1000.
-    async fn fill(&self, prefix: &str, n: usize, size: usize) {
+    async fn fill(&self, bucket: &str, prefix: &str, n: usize, size: usize) {
         let body = bytes::Bytes::from(vec![b'x'; size]);
         futures_util::stream::iter(0..n)
             .map(|i| {
@@ -177,7 +239,7 @@ impl Bench {
                 async move {
                     client
                         .put_object()
-                        .bucket(BUCKET)
+                        .bucket(bucket)
                         .key(key)
                         .metadata("uid", "1000")
                         .metadata("gid", "1000")
@@ -194,44 +256,96 @@ impl Bench {
             .expect("fill");
     }
 
-    /// Raw: list `from`'s keys and CopyObject each to `to`, `PARALLEL` at a time.
-    async fn raw_copy(&self, from: &str, to: &str) -> usize {
-        let mut keys = Vec::new();
-        let mut token = None;
+    /// Every version and delete marker under `prefix`: (key, version id).
+    async fn all_versions(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        let mut all = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
         loop {
             let out = self
                 .client
-                .list_objects_v2()
-                .bucket(BUCKET)
-                .prefix(from)
-                .set_continuation_token(token)
+                .list_object_versions()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_marker)
                 .send()
                 .await
-                .expect("list");
-            keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
-            token = out.next_continuation_token().map(str::to_owned);
-            if token.is_none() {
-                break;
+                .expect("list versions");
+            all.extend(out.versions().iter().map(|v| {
+                (
+                    v.key().unwrap_or_default().to_owned(),
+                    v.version_id().unwrap_or("null").to_owned(),
+                )
+            }));
+            all.extend(out.delete_markers().iter().map(|v| {
+                (
+                    v.key().unwrap_or_default().to_owned(),
+                    v.version_id().unwrap_or("null").to_owned(),
+                )
+            }));
+            if out.is_truncated() != Some(true) {
+                return all;
             }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            version_marker = out.next_version_id_marker().map(str::to_owned);
         }
-        let n = keys.len();
-        futures_util::stream::iter(keys)
-            .map(|k| {
+    }
+
+    /// Deletes every version under `prefix` for good, so the next step meets the same bucket.
+    async fn purge(&self, bucket: &str, prefix: &str) {
+        let all = self.all_versions(bucket, prefix).await;
+        futures_util::stream::iter(all)
+            .map(|(key, version)| {
                 let client = self.client.clone();
-                let dest = format!("{to}{}", &k[from.len()..]);
                 async move {
                     client
-                        .copy_object()
-                        .bucket(BUCKET)
-                        .key(dest)
-                        .copy_source(format!("{BUCKET}/{k}"))
+                        .delete_object()
+                        .bucket(bucket)
+                        .key(key)
+                        .version_id(version)
                         .send()
                         .await
                         .map(|_| ())
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await
+            .expect("purge");
+    }
+
+    /// Raw: list the versions under `from` and CopyObject each (by version id) to `to`,
+    /// `PARALLEL` at a time. The objects have one version each, so every version is copied.
+    /// With `rewrite`, each object's metadata is read (HEAD) and written again with the copy
+    /// (MetadataDirective REPLACE), as a restore that changes owners must.
+    async fn raw_copy(&self, bucket: &str, from: &str, to: &str, rewrite: bool) -> usize {
+        let versions = self.all_versions(bucket, from).await;
+        let n = versions.len();
+        futures_util::stream::iter(versions)
+            .map(|(k, version)| {
+                let client = self.client.clone();
+                let dest = format!("{to}{}", &k[from.len()..]);
+                async move {
+                    let mut copy = client
+                        .copy_object()
+                        .bucket(bucket)
+                        .key(dest)
+                        .copy_source(format!("{bucket}/{k}?versionId={version}"));
+                    if rewrite {
+                        let head = client
+                            .head_object()
+                            .bucket(bucket)
+                            .key(&k)
+                            .version_id(&version)
+                            .send()
+                            .await
+                            .expect("head");
+                        copy = copy
+                            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+                            .set_metadata(head.metadata().cloned())
+                            .set_content_type(head.content_type().map(str::to_owned));
+                    }
+                    copy.send().await.map(|_| ())
                 }
             })
             .buffer_unordered(PARALLEL)
@@ -263,7 +377,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let moto_url = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s3files_csi::plain_http::ensure_versioned_bucket(&moto_url, BUCKET)
+    while s3files_csi::plain_http::ensure_versioned_bucket(&moto_url, "bench-probe")
         .await
         .is_err()
     {
@@ -286,78 +400,92 @@ async fn main() -> anyhow::Result<()> {
         seed: Some(1),
     })?;
     let url = format!("http://{}", emu.serve_on_loopback().await?);
-    let cloud = AwsS3Files::new(s3files(&url), None);
-    let fs = cloud
-        .create_file_system(&NewFileSystem {
-            bucket_arn: format!("arn:aws:s3:::{BUCKET}"),
-            prefix: Some("k8s/".into()),
-            role_arn: "arn:aws:iam::123456789012:role/bench".into(),
-            client_token: None,
-            tags: vec![],
-        })
-        .await?;
-    cloud
-        .create_mount_target(&fs.id, "subnet-0aaaaaaaaaaaaaaa1")
-        .await?;
+    let cloud = Arc::new(AwsS3Files::new(s3files(&url), None));
     let config = ControllerConfig {
         // The bench waits for each restore in one call.
         restore_wait: Duration::from_secs(3600),
         ..ControllerConfig::default()
     };
-    let controller = ControllerService::new(Arc::new(cloud), None, config)
+    let controller = ControllerService::new(cloud.clone(), None, config)
         .with_snapshots(Arc::new(S3Versions::new(s3(&proxy.url))), None);
     let bench = Bench {
         controller,
         client: s3(&moto_url),
+        cloud,
+        moto_url,
         proxy,
-        fs_id: fs.id.clone(),
     };
 
     println!("## CreateSnapshot (moto, {} rounds)\n", a.rounds);
     println!(
-        "| objects in the volume | time, median (ms) | S3 requests | of which size measurement after the answer (ListObjectVersions pages) |"
+        "| objects in the volume | CreateSnapshot, median (ms) | raw PUT + one-key LIST in the same bucket, median (ms) | S3 requests of the call | ListObjectVersions pages measuring the size afterwards |"
     );
-    println!("| ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
     for n in [10usize, 1000, 10_000] {
-        let v = bench.volume(&format!("pvc-snap-{n}"), None, false).await;
-        bench.fill(&root_of(&v), n, 64).await;
-        let mut times = Vec::new();
-        let mut requests = 0;
+        let fs = bench.file_system(&format!("bench-snap-{n}")).await;
+        let v = bench
+            .volume(&fs, &format!("pvc-snap-{n}"), None, false)
+            .await;
+        bench.fill(&fs.bucket, &root_of(&v), n, 64).await;
+        let (mut times, mut floors) = (Vec::new(), Vec::new());
+        let (mut requests, mut listing) = (0, 0);
         for r in 0..a.rounds {
+            let start = Instant::now();
+            let key = format!("k8s/floor-{r}");
+            bench
+                .client
+                .put_object()
+                .bucket(&fs.bucket)
+                .key(&key)
+                .body(ByteStream::from_static(b"{}"))
+                .send()
+                .await?;
+            bench
+                .client
+                .list_objects_v2()
+                .bucket(&fs.bucket)
+                .prefix(&key)
+                .max_keys(1)
+                .send()
+                .await?;
+            floors.push(start.elapsed().as_secs_f64() * 1000.0);
             bench.proxy.seen.clear();
             let start = Instant::now();
-            bench.snapshot(&format!("snap-{n}-{r}"), &v.volume_id).await;
+            let snap = bench.snapshot(&format!("snap-{n}-{r}"), &v.volume_id).await;
             times.push(start.elapsed().as_secs_f64() * 1000.0);
             requests = bench.proxy.seen.all().len();
+            bench.measured(&snap.snapshot_id).await;
+            listing = bench
+                .proxy
+                .seen
+                .all()
+                .iter()
+                .filter(|r| r.contains("versions"))
+                .count();
         }
-        // The size is measured in the background: wait for its listing to end.
-        tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(n as u64 / 2)).await;
-        let listing = bench
-            .proxy
-            .seen
-            .all()
-            .iter()
-            .filter(|r| r.contains("versions"))
-            .count();
-        println!("| {n} | {:.1} | {requests} | {listing} |", median(times));
+        println!(
+            "| {n} | {:.1} | {:.1} | {requests} | {listing} |",
+            median(times),
+            median(floors)
+        );
     }
 
     for (label, n, size) in [
         ("small files", a.small, 4096usize),
         ("large files", a.large, a.large_mib << 20),
     ] {
+        let slug = label.replace(' ', "-");
+        let fs = bench.file_system(&format!("bench-{slug}")).await;
         let source = bench
-            .volume(&format!("pvc-src-{}", label.replace(' ', "-")), None, false)
+            .volume(&fs, &format!("pvc-src-{slug}"), None, false)
             .await;
         let src_prefix = root_of(&source);
         eprintln!("filling {n} {label} of {size} bytes...");
-        bench.fill(&src_prefix, n, size).await;
+        bench.fill(&fs.bucket, &src_prefix, n, size).await;
         let snap = bench
-            .snapshot(
-                &format!("snap-{}", label.replace(' ', "-")),
-                &source.volume_id,
-            )
+            .snapshot(&format!("snap-{slug}"), &source.volume_id)
             .await;
+        bench.measured(&snap.snapshot_id).await;
         let from = Some(csi::VolumeContentSource {
             r#type: Some(csi::volume_content_source::Type::Snapshot(
                 csi::volume_content_source::SnapshotSource {
@@ -366,66 +494,68 @@ async fn main() -> anyhow::Result<()> {
             )),
         });
         let mib = (n * size) as f64 / (1 << 20) as f64;
-        let mut rows: Vec<(f64, f64, f64)> = Vec::new();
+        // Seconds per round: raw copy, raw HEAD + copy (REPLACE), ours same owner, ours own GID.
+        let mut rows: Vec<[f64; 4]> = Vec::new();
         for r in 0..a.rounds {
-            let mut raw_s = 0.0;
-            let mut ours = [0.0f64; 2];
+            let mut t = [0.0f64; 4];
             let order: Vec<usize> = if r % 2 == 0 {
-                vec![0, 1, 2]
+                vec![0, 1, 2, 3]
             } else {
-                vec![2, 1, 0]
+                vec![3, 2, 1, 0]
             };
             for step in order {
                 let start = Instant::now();
-                match step {
-                    0 => {
-                        let copied = bench
-                            .raw_copy(
-                                &src_prefix,
-                                &format!("k8s/raw-{label}-{r}/").replace(' ', "-"),
-                            )
-                            .await;
-                        assert_eq!(copied, n);
-                        raw_s = start.elapsed().as_secs_f64();
-                    }
-                    s => {
-                        let own_gid = s == 2;
-                        let name = format!("pvc-{}-{r}-{own_gid}", label.replace(' ', "-"));
-                        bench.volume(&name, from.clone(), own_gid).await;
-                        ours[s - 1] = start.elapsed().as_secs_f64();
-                    }
-                }
+                let dest = if step < 2 {
+                    let dest = format!("k8s/raw-{slug}-{r}-{step}/");
+                    let copied = bench
+                        .raw_copy(&fs.bucket, &src_prefix, &dest, step == 1)
+                        .await;
+                    assert_eq!(copied, n);
+                    dest
+                } else {
+                    let own_gid = step == 3;
+                    let name = format!("pvc-{slug}-{r}-{own_gid}");
+                    root_of(&bench.volume(&fs, &name, from.clone(), own_gid).await)
+                };
+                t[step] = start.elapsed().as_secs_f64();
+                bench.purge(&fs.bucket, &dest).await;
             }
-            rows.push((raw_s, ours[0], ours[1]));
+            rows.push(t);
         }
         println!(
             "\n## Restore of {n} {label} ({size} bytes each, {mib:.0} MiB; {PARALLEL} copies in flight; {} rounds)\n",
             a.rounds
         );
         println!(
-            "| | raw CopyObject | restore, same owner | restore, own GID (metadata rewritten) |"
+            "| | raw: list versions, CopyObject | restore, same owner | raw: list versions, HEAD + CopyObject (REPLACE) | restore, own GID (owner rewritten) |"
         );
-        println!("| --- | ---: | ---: | ---: |");
-        let per = |f: fn(&(f64, f64, f64)) -> f64| median(rows.iter().map(f).collect());
-        let raw = per(|r| r.0);
-        let same = per(|r| r.1);
-        let own = per(|r| r.2);
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let med = |i: usize| median(rows.iter().map(|r| r[i]).collect());
+        let ratio =
+            |raw: usize, ours: usize| median(rows.iter().map(|r| r[raw] / r[ours]).collect());
+        let (c, h, same, own) = (med(0), med(1), med(2), med(3));
         println!(
-            "| objects/s | {:.1} | {:.1} | {:.1} |",
-            n as f64 / raw,
+            "| objects/s | {:.1} | {:.1} | {:.1} | {:.1} |",
+            n as f64 / c,
             n as f64 / same,
+            n as f64 / h,
             n as f64 / own
         );
         println!(
-            "| MiB/s | {:.1} | {:.1} | {:.1} |",
-            mib / raw,
+            "| MiB/s | {:.1} | {:.1} | {:.1} | {:.1} |",
+            mib / c,
             mib / same,
+            mib / h,
             mib / own
         );
         println!(
-            "| ratio to raw (median of rounds) | 1.00x | {:.2}x | {:.2}x |",
-            median(rows.iter().map(|r| r.0 / r.1).collect()),
-            median(rows.iter().map(|r| r.0 / r.2).collect())
+            "| ratio to the raw column on its left (median of rounds) | 1.00x | {:.2}x | 1.00x | {:.2}x |",
+            ratio(0, 2),
+            ratio(1, 3)
+        );
+        println!(
+            "| own GID against raw CopyObject alone | | | | {:.2}x |",
+            ratio(0, 3)
         );
     }
     drop(moto);
