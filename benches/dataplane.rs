@@ -23,7 +23,8 @@
 //! process, one at a time, until all are in the bucket), reading them back (fresh mount), and
 //! listing a directory of M entries (names, as `ls -f`; fresh mount), the same with every
 //! entry's attributes (as `ls -l`; fresh mount; raw: the listing and parallel HEADs), and the
-//! mount daemon's memory (resident when idle, peak through the write, peak through the read).
+//! mount daemon's memory (resident and anonymous when idle, peak through the write, peak
+//! through the read).
 
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
@@ -136,6 +137,10 @@ struct Figures {
     /// The daemon's memory (MiB): resident when idle after mounting, peak (VmHWM) through the
     /// sequential write, peak through the sequential read.
     memory: Option<[f64; 3]>,
+    /// The idle daemon's anonymous memory (MiB): its own allocations. The rest of its RSS is
+    /// clean pages of the binary, shared with every process of the same binary (on a node, the
+    /// node plugin's own) and reclaimable.
+    anon_idle: Option<f64>,
     /// Requests the tool made in each row (by row label), where the server counts them.
     requests: BTreeMap<&'static str, Counts>,
 }
@@ -395,6 +400,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let m = mount(tool, s, "write")?;
     let daemon = daemon_of(&m);
     let idle = daemon.and_then(|pid| memory_mib(pid, "VmRSS"));
+    f.anon_idle = daemon.and_then(|pid| memory_mib(pid, "RssAnon"));
     let dir = m.join(sub);
     std::fs::create_dir_all(dir.join("small"))?;
     let c = raw.tally.now();
@@ -730,7 +736,7 @@ fn daemon_of(target: &Path) -> Option<u32> {
     })
 }
 
-/// A `VmRSS`/`VmHWM` figure of `pid`, in MiB.
+/// A `VmRSS`/`RssAnon`/`VmHWM` figure of `pid`, in MiB.
 fn memory_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
@@ -1016,7 +1022,7 @@ struct Round {
 /// peer, ours vs raw.
 type Table = Vec<[Option<f64>; 6]>;
 
-const ROWS: [(&str, Row); 9] = [
+const ROWS: [(&str, Row); 10] = [
     ("sequential write (MiB/s)", |f| f.write_mbs),
     ("sequential read (MiB/s)", |f| f.read_mbs),
     ("small files created (files/s)", |f| f.create_fps),
@@ -1024,6 +1030,7 @@ const ROWS: [(&str, Row); 9] = [
     ("`ls -f` (entries/s)", |f| f.list_eps),
     ("`ls -l` (entries/s)", |f| f.stat_eps),
     ("memory idle (MiB)", |f| f.memory.map(|m| m[0])),
+    ("memory idle, anonymous (MiB)", |f| f.anon_idle),
     ("memory peak in write (MiB)", |f| f.memory.map(|m| m[1])),
     ("memory peak in read (MiB)", |f| f.memory.map(|m| m[2])),
 ];

@@ -278,6 +278,15 @@ fn set_read_ahead(device: &str, target: &Path) {
     }
 }
 
+/// glibc malloc settings for the daemon, unless the environment sets them. Its large buffers
+/// (8 MiB parts, read-ahead chunks) are freed as often as they are made; with glibc's default
+/// the mmap threshold climbs after the first frees and those buffers are then carved from
+/// arenas that keep their pages. A fixed 1 MiB threshold returns them to the kernel when freed:
+/// measured with `cargo bench --bench dataplane -- --server s3s-fs`, the peak of a 1 GiB write
+/// fell from 120-129 MiB to 74 MiB and of the read from 106-121 MiB to 85 MiB. (Fewer arenas,
+/// `MALLOC_ARENA_MAX=2`, saved nothing more and slowed small files by about a tenth.)
+const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "1048576")];
+
 /// Starts `serve` in a background process and returns once `target` is mounted.
 pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
@@ -287,7 +296,13 @@ pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Re
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let mut child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(exe);
+    for (name, value) in MALLOC_TUNING {
+        if std::env::var_os(name).is_none() {
+            command.env(name, value);
+        }
+    }
+    let mut child = command
         .args(args)
         .arg("--foreground")
         .stdin(std::process::Stdio::null())
