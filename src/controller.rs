@@ -351,15 +351,7 @@ impl ControllerService {
         &self,
         req: csi::CreateVolumeRequest,
     ) -> Result<csi::CreateVolumeResponse> {
-        if req.name.is_empty() {
-            return Err(Error::invalid("name", "must not be empty"));
-        }
-        if req.name.len() > 128 || req.name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "name",
-                "must be at most 128 bytes without control characters",
-            ));
-        }
+        check_name(&req.name)?;
         match check_capabilities(&req.volume_capabilities) {
             CapabilityCheck::Supported => {}
             CapabilityCheck::Invalid(why) | CapabilityCheck::Unsupported(why) => {
@@ -953,6 +945,20 @@ impl ControllerService {
             node_expansion_required: false,
         })
     }
+}
+
+/// A CreateVolume or CreateSnapshot name: what the CO sends and the tokens derive from.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("name", "must not be empty"));
+    }
+    if name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must be at most 128 bytes without control characters",
+        ));
+    }
+    Ok(())
 }
 
 /// The capacity to report: what was asked for (the file system is elastic, so any size fits).

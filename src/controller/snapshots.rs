@@ -221,15 +221,7 @@ impl ControllerService {
         &self,
         req: csi::CreateSnapshotRequest,
     ) -> Result<csi::CreateSnapshotResponse> {
-        if req.name.is_empty() {
-            return Err(Error::invalid("name", "must not be empty"));
-        }
-        if req.name.len() > 128 || req.name.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "name",
-                "must be at most 128 bytes without control characters",
-            ));
-        }
+        super::check_name(&req.name)?;
         if req.source_volume_id.is_empty() {
             return Err(Error::invalid("source_volume_id", "must not be empty"));
         }
