@@ -236,14 +236,25 @@ async fn controller_methods_the_driver_does_not_offer_answer_unimplemented() {
             .await
             .expect_err("publish"),
         controller
-            .create_snapshot(csi::CreateSnapshotRequest::default())
+            .get_snapshot(csi::GetSnapshotRequest::default())
             .await
-            .expect_err("snapshot"),
+            .expect_err("get snapshot"),
     ];
     for status in statuses {
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
         assert!(status.message().contains("not supported"), "{status:?}");
     }
+    // Snapshots need a data store on S3; without one they are not advertised and say why.
+    let status = controller
+        .create_snapshot(csi::CreateSnapshotRequest {
+            name: "s".into(),
+            source_volume_id: format!("s3files:{}", stack.fs_id),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no data store");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("--data-store"), "{status:?}");
 }
 
 fn rpc_types(

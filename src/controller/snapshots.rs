@@ -552,7 +552,11 @@ impl ControllerService {
         file_system_id: &str,
     ) -> Result<ContentSource> {
         use csi::volume_content_source::Type;
-        let versions = self.versions()?;
+        // CLONE_VOLUME is not advertised then: the spec's answer to a source the plugin does
+        // not support.
+        let versions = self
+            .versions()
+            .map_err(|e| Error::invalid("volume_content_source", e.to_string()))?;
         match &source.r#type {
             Some(Type::Snapshot(s)) => {
                 let Some(id) = SnapshotId::parse(&s.snapshot_id) else {
