@@ -23,8 +23,10 @@ pub mod helper;
 mod inodes;
 mod kernel;
 pub mod objects;
+mod part;
 pub mod prefetch;
 pub mod staging;
 #[cfg(test)]
 mod test_store;
+mod upload;
 mod writer;

@@ -15,7 +15,6 @@ mod names;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +28,7 @@ use super::handles::Handles;
 use super::inodes::{Inodes, Kind, Node, ROOT};
 use super::objects::{Objects, Posix, S_IFDIR, S_IFREG};
 use super::prefetch::Budget;
-use super::staging::MemoryBudget;
+use super::writer::Scratch;
 
 pub use files::SetAttr;
 pub use lookup::PlusEntry;
@@ -63,9 +62,8 @@ pub struct ObjectFs {
     /// Object key prefix of the root, without a trailing `/` ("" for the bucket root).
     root: String,
     identity: Identity,
-    staging_dir: Arc<Path>,
-    /// Memory that staged small files may hold.
-    memory: MemoryBudget,
+    /// Staging and part buffers of the mount's writers.
+    scratch: Scratch,
     /// Read-ahead memory and how the server is best read.
     read_ahead: Budget,
     inodes: Inodes,
@@ -105,8 +103,7 @@ impl ObjectFs {
             objects,
             root: root.trim_matches('/').to_owned(),
             identity,
-            staging_dir: staging_dir.into(),
-            memory: MemoryBudget::new(STAGING_MEMORY),
+            scratch: Scratch::new(staging_dir, STAGING_MEMORY),
             read_ahead: Budget::new(prefetch_budget_bytes),
             inodes: Inodes::new(root_node),
             dirs: DirCache::default(),

@@ -26,6 +26,32 @@ use super::inodes::Kind;
 pub struct Kernel {
     fs: Arc<ObjectFs>,
     runtime: tokio::runtime::Handle,
+    buffers: WriteBuffers,
+}
+
+/// Buffers that carry a write's bytes from the FUSE thread to its task, reused: a write is up
+/// to 1 MiB, which the allocator maps fresh each time (and the kernel zeroes) at the daemon's
+/// fixed mmap threshold. At most [`WriteBuffers::KEEP`] wait for reuse.
+#[derive(Clone, Default)]
+struct WriteBuffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl WriteBuffers {
+    const KEEP: usize = 2;
+
+    fn copy_of(&self, data: &[u8]) -> Vec<u8> {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut buf = spare.unwrap_or_default();
+        buf.extend_from_slice(data);
+        buf
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < Self::KEEP {
+            buf.clear();
+            spare.push(buf);
+        }
+    }
 }
 
 impl Kernel {
@@ -33,6 +59,7 @@ impl Kernel {
         Kernel {
             fs: Arc::new(fs),
             runtime,
+            buffers: WriteBuffers::default(),
         }
     }
 
@@ -402,10 +429,15 @@ impl Filesystem for Kernel {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
+        let buffers = self.buffers.clone();
+        let data = buffers.copy_of(data);
         self.spawn(
             "write",
-            move |fs| async move { fs.write(ino.0, fh.0, offset, &data).await },
+            move |fs| async move {
+                let written = fs.write(ino.0, fh.0, offset, &data).await;
+                buffers.give_back(data);
+                written
+            },
             move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),

@@ -199,9 +199,9 @@ impl Prefetch {
         store: &Arc<dyn ObjectStore>,
         key: &ObjectPath,
         range: Range<u64>,
-    ) -> object_store::Result<Vec<u8>> {
+    ) -> object_store::Result<Bytes> {
         self.ranged += 1;
-        Ok(store.get_range(key, range).await?.to_vec())
+        store.get_range(key, range).await
     }
 
     fn reset(&mut self) {
@@ -336,7 +336,7 @@ impl Prefetch {
         key: &ObjectPath,
         range: Range<u64>,
         file_size: u64,
-    ) -> object_store::Result<Vec<u8>> {
+    ) -> object_store::Result<Bytes> {
         let sequential = range.start == 0 || self.last_end == Some(range.start);
         self.last_end = Some(range.end);
         let covered = self.stream.is_some()
@@ -363,7 +363,8 @@ impl Prefetch {
             }
             self.start(store, key, range.start, file_size, false, false);
         }
-        let mut out = Vec::with_capacity((range.end - range.start) as usize);
+        // A read within one received piece is a slice of it; one across pieces is a copy.
+        let mut out: Option<Vec<u8>> = None;
         let mut pos = range.start;
         while pos < range.end {
             // Keep a little behind the reader: the kernel's parallel reads arrive slightly out
@@ -391,7 +392,11 @@ impl Prefetch {
             if let Some((start, piece)) = found {
                 let from = (pos - start) as usize;
                 let to = ((range.end - start) as usize).min(piece.len());
-                out.extend_from_slice(&piece[from..to]);
+                if out.is_none() && pos == range.start && start + to as u64 == range.end {
+                    return Ok(piece.slice(from..to));
+                }
+                out.get_or_insert_with(|| Vec::with_capacity((range.end - range.start) as usize))
+                    .extend_from_slice(&piece[from..to]);
                 pos = start + to as u64;
                 continue;
             }
@@ -437,7 +442,7 @@ impl Prefetch {
                 }
             }
         }
-        Ok(out)
+        Ok(out.map(Bytes::from).unwrap_or_default())
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! A file written from empty front to back (a copy, a download) is uploaded while it is
 //! written: once it passes [`MULTIPART_THRESHOLD`], each completed part goes up while the writer
-//! continues, at most [`PARTS_IN_FLIGHT`] at a time. The first write that lands before what was
+//! continues, at most [`PARTS_IN_FLIGHT`] at a time, each from a copy made as it was written
+//! (see `part`; part buffers come from the mount's budget, see `upload`). The first write that lands before what was
 //! sent (a seek back, a truncate) gives that up: the started upload is aborted and the file goes
 //! up whole at the flush. Either way the object exists only when the flush finishes, and a flush
 //! that fails leaves the writer dirty, so the next flush, fsync or close tries again.
@@ -21,12 +22,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::PutPayload;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::error::FsError;
 use super::objects::{Objects, Posix};
+use super::part::Part;
 use super::staging::{MemoryBudget, Staging};
+use super::upload::{PartBuf, Parts, Upload};
 
 /// Uploads larger than this use multipart.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
@@ -34,17 +38,39 @@ pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts of one upload in flight at once.
 pub const PARTS_IN_FLIGHT: usize = 4;
+/// Memory the part buffers of all of a mount's uploads may hold.
+pub const PARTS_MEMORY: u64 = 8 * PART_SIZE as u64;
 
-/// Where the upload of a file written from empty stands.
+/// What a mount's writers share: staging memory, the staging directory, part buffers.
+#[derive(Clone)]
+pub struct Scratch {
+    pub memory: MemoryBudget,
+    pub dir: Arc<Path>,
+    pub parts: Parts,
+}
+
+impl Scratch {
+    pub fn new(dir: &Path, memory: u64) -> Self {
+        Scratch {
+            memory: MemoryBudget::new(memory),
+            dir: dir.into(),
+            parts: Parts::new(PARTS_MEMORY, PART_SIZE),
+        }
+    }
+}
+
+/// Where the upload of a file written from empty stands. One per open file, in place: the
+/// few hundred bytes of the streaming variant are not worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Stream {
     /// Not streaming: the flush uploads the staged bytes whole.
     Off,
-    /// Streaming to `key` with `posix`; parts up to `sent` are handed to `upload`.
+    /// Streaming to `key` with `posix`; parts before `part` are handed to `upload`.
     On {
         key: ObjectPath,
         posix: Posix,
-        upload: Option<WriteMultipart>,
-        sent: u64,
+        upload: Option<Upload>,
+        part: Part,
     },
 }
 
@@ -81,7 +107,7 @@ pub enum Uploaded {
 
 pub struct Writer {
     staging: Staging,
-    dir: Arc<Path>,
+    scratch: Scratch,
     dirty: bool,
     stream: Stream,
     base: Base,
@@ -94,16 +120,15 @@ impl Writer {
     /// for a new or truncated file, whose close must write the object even when nothing was
     /// written.
     pub fn empty(
-        memory: &MemoryBudget,
-        dir: Arc<Path>,
+        scratch: &Scratch,
         key: ObjectPath,
         posix: Posix,
         dirty: bool,
         base: Base,
     ) -> Self {
         Writer {
-            staging: Staging::new(memory),
-            dir,
+            staging: Staging::new(&scratch.memory),
+            scratch: scratch.clone(),
             dirty,
             base,
             diverted: None,
@@ -111,7 +136,7 @@ impl Writer {
                 key,
                 posix,
                 upload: None,
-                sent: 0,
+                part: Part::new(&scratch.parts),
             },
         }
     }
@@ -120,22 +145,21 @@ impl Writer {
     pub async fn of_object(
         objects: &Objects,
         key: &ObjectPath,
-        memory: &MemoryBudget,
-        dir: Arc<Path>,
+        scratch: &Scratch,
     ) -> Result<Self, FsError> {
-        let mut staging = Staging::new(memory);
+        let mut staging = Staging::new(&scratch.memory);
         let got = objects.store().get(key).await?;
         let base = Base::of(key, got.meta.e_tag.as_deref());
         let mut body = got.into_stream();
         let mut at = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            staging.write_at(&chunk, at, &dir)?;
+            staging.write_at(&chunk, at, &scratch.dir)?;
             at += chunk.len() as u64;
         }
         Ok(Writer {
             staging,
-            dir,
+            scratch: scratch.clone(),
             dirty: false,
             stream: Stream::Off,
             base,
@@ -162,37 +186,40 @@ impl Writer {
         offset: u64,
         data: &[u8],
     ) -> Result<(), FsError> {
-        self.staging.write_at(data, offset, &self.dir)?;
+        self.staging.write_at(data, offset, &self.scratch.dir)?;
         self.dirty = true;
-        self.stream_parts(objects, offset, data.len() as u64).await;
+        self.stream_parts(objects, offset, data).await;
         Ok(())
     }
 
     /// Truncates or extends to `size`.
     pub async fn set_len(&mut self, size: u64) -> Result<(), FsError> {
-        self.staging.set_len(size, &self.dir)?;
+        self.staging.set_len(size, &self.scratch.dir)?;
         self.dirty = true;
-        if let Stream::On { sent, .. } = &self.stream
-            && size < *sent
-        {
-            self.give_up().await;
+        if let Stream::On { part, .. } = &mut self.stream {
+            if size < part.start() {
+                self.give_up().await;
+            } else {
+                part.resized(size);
+            }
         }
         Ok(())
     }
 
-    /// Streaming's part of a write of `len` bytes at `offset`. Its failures only give
-    /// streaming up: the flush uploads the file whole.
-    async fn stream_parts(&mut self, objects: &Objects, offset: u64, len: u64) {
-        let Stream::On { sent, .. } = &self.stream else {
+    /// Streaming's part of a write of `data` at `offset`. Its failures only give streaming
+    /// up: the flush uploads the file whole.
+    async fn stream_parts(&mut self, objects: &Objects, offset: u64, data: &[u8]) {
+        let Stream::On { part, .. } = &mut self.stream else {
             return;
         };
-        if offset < *sent {
+        if offset < part.start() {
             self.give_up().await;
             return;
         }
+        part.wrote(offset, data);
         // Only what lies before the write position is final: a writer may still fill a hole
         // it left behind.
-        let complete = offset + len;
+        let complete = offset + data.len() as u64;
         if complete < MULTIPART_THRESHOLD {
             return;
         }
@@ -201,19 +228,17 @@ impl Writer {
                 key,
                 posix,
                 upload,
-                sent,
+                part,
             } = &mut self.stream
             else {
                 return;
             };
-            if complete - *sent < PART_SIZE as u64 {
+            if complete - part.start() < PART_SIZE as u64 {
                 return;
             }
             if upload.is_none() {
                 match objects.put_multipart(key, *posix).await {
-                    Ok(started) => {
-                        *upload = Some(WriteMultipart::new_with_chunk_size(started, PART_SIZE))
-                    }
+                    Ok(started) => *upload = Some(Upload::new(started, PARTS_IN_FLIGHT)),
                     Err(e) => {
                         tracing::debug!(%key, error = %e, "streaming upload not started");
                         self.stream = Stream::Off;
@@ -221,18 +246,37 @@ impl Writer {
                     }
                 }
             }
-            let mut part = vec![0u8; PART_SIZE];
-            let staged = self.staging.read_exact_at(&mut part, *sent);
-            let Some(writer) = upload.as_mut() else {
+            let (at, copied) = part.take(offset, data);
+            let bytes = match copied {
+                Some(bytes) => Ok(bytes),
+                None => Self::staged_part(&self.staging, &self.scratch.parts, at, PART_SIZE).await,
+            };
+            let Some(upload) = upload.as_mut() else {
                 return;
             };
-            if staged.is_err() || writer.wait_for_capacity(PARTS_IN_FLIGHT).await.is_err() {
+            let sent = match bytes {
+                Ok(bytes) => upload.send(bytes).await.map_err(FsError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                tracing::debug!(error = %e, "streaming given up: the flush uploads the file whole");
                 self.give_up().await;
                 return;
             }
-            writer.put(part.into());
-            *sent += PART_SIZE as u64;
         }
+    }
+
+    /// `len` staged bytes at `at`, in a part buffer.
+    async fn staged_part(
+        staging: &Staging,
+        parts: &Parts,
+        at: u64,
+        len: usize,
+    ) -> Result<PartBuf, FsError> {
+        let mut part = parts.buffer().await;
+        part.bytes.resize(len, 0);
+        staging.read_exact_at(&mut part.bytes, at)?;
+        Ok(part)
     }
 
     async fn give_up(&mut self) {
@@ -241,7 +285,7 @@ impl Writer {
             ..
         } = std::mem::replace(&mut self.stream, Stream::Off)
         {
-            let _ = upload.abort().await;
+            upload.abort().await;
         }
     }
 
@@ -329,14 +373,26 @@ impl Writer {
             key: streamed_key,
             posix: streamed_posix,
             upload: Some(mut upload),
-            sent,
+            mut part,
         } = stream
         {
+            let sent = part.start();
             // A rename or chmod since the upload started: the object goes up whole again.
             if streamed_key != *key || streamed_posix != posix || len < sent {
-                let _ = upload.abort().await;
+                upload.abort().await;
             } else {
-                Self::send_from(&self.staging, &mut upload, sent, len).await?;
+                let rest = match part.last(len) {
+                    Some(copy) if copy.bytes.is_empty() => Ok(()),
+                    Some(copy) => upload.send(copy).await.map_err(FsError::from),
+                    None => {
+                        Self::send_from(&self.staging, &self.scratch.parts, &mut upload, sent, len)
+                            .await
+                    }
+                };
+                if let Err(e) = rest {
+                    upload.abort().await;
+                    return Err(e);
+                }
                 let done = upload.finish().await?;
                 objects.finished(key, posix);
                 return Ok((len, done.e_tag));
@@ -357,9 +413,11 @@ impl Writer {
             return Ok((len, etag));
         }
         let started = objects.put_multipart(key, posix).await?;
-        let mut upload = WriteMultipart::new_with_chunk_size(started, PART_SIZE);
-        if let Err(e) = Self::send_from(&self.staging, &mut upload, 0, len).await {
-            let _ = upload.abort().await;
+        let mut upload = Upload::new(started, PARTS_IN_FLIGHT);
+        if let Err(e) =
+            Self::send_from(&self.staging, &self.scratch.parts, &mut upload, 0, len).await
+        {
+            upload.abort().await;
             return Err(e);
         }
         let done = upload.finish().await?;
@@ -370,16 +428,16 @@ impl Writer {
     /// Hands the staged bytes from `at` to `end` to `upload`, a part at a time.
     async fn send_from(
         staging: &Staging,
-        upload: &mut WriteMultipart,
+        parts: &Parts,
+        upload: &mut Upload,
         mut at: u64,
         end: u64,
     ) -> Result<(), FsError> {
         while at < end {
-            let mut part = vec![0u8; (end - at).min(PART_SIZE as u64) as usize];
-            staging.read_exact_at(&mut part, at)?;
-            upload.wait_for_capacity(PARTS_IN_FLIGHT).await?;
-            at += part.len() as u64;
-            upload.write(&part);
+            let len = (end - at).min(PART_SIZE as u64) as usize;
+            let part = Self::staged_part(staging, parts, at, len).await?;
+            upload.send(part).await?;
+            at += len as u64;
         }
         Ok(())
     }
@@ -430,8 +488,7 @@ mod tests {
     struct Setup {
         store: Arc<Counted>,
         objects: Objects,
-        dir: Arc<Path>,
-        memory: MemoryBudget,
+        scratch: Scratch,
         lost: ObjectPath,
     }
 
@@ -440,8 +497,7 @@ mod tests {
         Setup {
             objects: Objects::new(store.clone(), None, None).expect("objects"),
             store,
-            dir: tempfile::tempdir().expect("dir").keep().into(),
-            memory: MemoryBudget::new(1 << 20),
+            scratch: Scratch::new(&tempfile::tempdir().expect("dir").keep(), 1 << 20),
             lost: ObjectPath::from("lost+found"),
         }
     }
@@ -457,14 +513,7 @@ mod tests {
     async fn a_file_written_in_order_streams_its_parts_and_a_seek_back_uploads_it_whole() {
         let t = setup();
         let key = ObjectPath::from("big");
-        let mut w = Writer::empty(
-            &t.memory,
-            t.dir.clone(),
-            key.clone(),
-            posix(0o644),
-            true,
-            Base::Absent,
-        );
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
         let chunk = vec![7u8; 1 << 20];
         for i in 0..20u64 {
             w.write(&t.objects, i << 20, &chunk).await.expect("write");
@@ -487,14 +536,7 @@ mod tests {
         assert_eq!(again, Uploaded::Clean);
 
         let key = ObjectPath::from("rewritten");
-        let mut w = Writer::empty(
-            &t.memory,
-            t.dir.clone(),
-            key.clone(),
-            posix(0o644),
-            true,
-            Base::Absent,
-        );
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
         for i in 0..20u64 {
             w.write(&t.objects, i << 20, &chunk).await.expect("write");
         }
@@ -506,6 +548,82 @@ mod tests {
         assert_eq!((&got[..4], got.len()), (&b"head"[..], 20 << 20));
     }
 
+    /// Bytes that differ at every offset, so a part sent from the wrong place shows.
+    fn varied(len: usize, seed: u64) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn streamed_parts_hold_exactly_what_was_written_with_or_without_spare_buffers() {
+        for spares_left in [true, false] {
+            let t = setup();
+            // Without spares every part is read back from staging.
+            let held: Vec<_> = if spares_left {
+                Vec::new()
+            } else {
+                std::iter::from_fn(|| t.scratch.parts.spare()).collect()
+            };
+            let key = ObjectPath::from("odd");
+            let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
+            let len = 29 * (1 << 20) + 12_345;
+            let mut want = varied(len, 7);
+            // Writes of an odd size, so they straddle part boundaries.
+            let mut at = 0;
+            for chunk in want.chunks(1_000_003) {
+                w.write(&t.objects, at as u64, chunk).await.expect("write");
+                at += chunk.len();
+            }
+            // A rewrite inside the part not yet sent.
+            let patch = varied(4096, 99);
+            let inside = 28 << 20;
+            w.write(&t.objects, inside as u64, &patch)
+                .await
+                .expect("patch");
+            want[inside..inside + patch.len()].copy_from_slice(&patch);
+            assert_eq!(t.store.multipart_starts.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                w.read(inside as u64, 8).expect("read own write"),
+                &want[inside..inside + 8]
+            );
+            let up = w
+                .upload(&t.objects, &key, posix(0o644), &t.lost)
+                .await
+                .expect("upload");
+            assert_eq!(size_of(&up), Some(len as u64));
+            let got = body(&t.store, &key).await.expect("object");
+            assert!(got == want, "object differs (spares left: {spares_left})");
+            drop(held);
+            assert_eq!(
+                t.scratch.parts.available(),
+                (PARTS_MEMORY / PART_SIZE as u64) as usize,
+                "every part buffer came back"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hole_in_a_streamed_file_reads_as_zeros_in_the_object() {
+        let t = setup();
+        let key = ObjectPath::from("sparse");
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
+        let head = varied(17 << 20, 1);
+        w.write(&t.objects, 0, &head).await.expect("head");
+        // Jump 3 MiB ahead, past the end of the part being filled.
+        let tail = varied(10 << 20, 2);
+        let tail_at = (20 << 20) as u64;
+        w.write(&t.objects, tail_at, &tail).await.expect("tail");
+        w.upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload");
+        let got = body(&t.store, &key).await.expect("object");
+        assert_eq!(got.len(), (30 << 20) as usize);
+        assert!(got[..head.len()] == head[..]);
+        assert!(got[head.len()..tail_at as usize].iter().all(|&b| b == 0));
+        assert!(got[tail_at as usize..] == tail[..]);
+    }
+
     #[tokio::test]
     async fn a_changed_object_is_staged_from_the_store_and_clean_until_written() {
         let t = setup();
@@ -514,7 +632,7 @@ mod tests {
             .put(&key, PutPayload::from_static(b"hello"))
             .await
             .expect("put");
-        let mut w = Writer::of_object(&t.objects, &key, &t.memory, t.dir.clone())
+        let mut w = Writer::of_object(&t.objects, &key, &t.scratch)
             .await
             .expect("stage");
         assert_eq!(
@@ -549,7 +667,7 @@ mod tests {
             .put(&key, PutPayload::from_static(b"v1"))
             .await
             .expect("put");
-        let mut w = Writer::of_object(&t.objects, &key, &t.memory, t.dir.clone())
+        let mut w = Writer::of_object(&t.objects, &key, &t.scratch)
             .await
             .expect("stage");
         w.write(&t.objects, 2, b" ours").await.expect("write");
@@ -592,14 +710,7 @@ mod tests {
 
         // A new file that someone else created first: the create-only PUT refuses.
         let key = ObjectPath::from("new");
-        let mut w = Writer::empty(
-            &t.memory,
-            t.dir.clone(),
-            key.clone(),
-            posix(0o644),
-            true,
-            Base::Absent,
-        );
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
         w.write(&t.objects, 0, b"mine").await.expect("write");
         t.store
             .put(&key, PutPayload::from_static(b"first"))

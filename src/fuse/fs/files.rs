@@ -44,14 +44,7 @@ impl ObjectFs {
         };
         let key = self.key(&node.path);
         let base = base.unwrap_or_else(|| Base::of(&key, node.etag.as_deref()));
-        Writer::empty(
-            &self.memory,
-            self.staging_dir.clone(),
-            key,
-            posix,
-            dirty,
-            base,
-        )
+        Writer::empty(&self.scratch, key, posix, dirty, base)
     }
 
     /// Uploads `writer` as the file at `path` with `posix`; returns the new size and ETag when
@@ -117,13 +110,8 @@ impl ObjectFs {
                 self.writer_for(&node, truncate, None),
             ))
         } else {
-            let writer = Writer::of_object(
-                &self.objects,
-                &self.key(&node.path),
-                &self.memory,
-                self.staging_dir.clone(),
-            )
-            .await?;
+            let writer =
+                Writer::of_object(&self.objects, &self.key(&node.path), &self.scratch).await?;
             Access::Write(tokio::sync::Mutex::new(writer))
         };
         Ok(self.handles.open_file(FileHandle { ino, access }))
@@ -176,7 +164,7 @@ impl ObjectFs {
                 let got = prefetch
                     .read(self.objects.store(), &key, offset..end, node.size)
                     .await?;
-                Ok(got.into())
+                Ok(got)
             }
             None => Ok(self.objects.store().get_range(&key, offset..end).await?),
         }
@@ -276,13 +264,8 @@ impl ObjectFs {
                     let mut writer = if size == 0 || node.size == 0 {
                         self.writer_for(&node, true, None)
                     } else {
-                        Writer::of_object(
-                            &self.objects,
-                            &self.key(&node.path),
-                            &self.memory,
-                            self.staging_dir.clone(),
-                        )
-                        .await?
+                        Writer::of_object(&self.objects, &self.key(&node.path), &self.scratch)
+                            .await?
                     };
                     writer.set_len(size).await?;
                     let posix = Posix {
@@ -341,13 +324,7 @@ impl ObjectFs {
                 if !self.objects.set_in_place(&key, posix) {
                     // S3 keeps user metadata immutable: write the object again, as S3 Files
                     // does (a chmod is a new object version).
-                    let mut writer = Writer::of_object(
-                        &self.objects,
-                        &key,
-                        &self.memory,
-                        self.staging_dir.clone(),
-                    )
-                    .await?;
+                    let mut writer = Writer::of_object(&self.objects, &key, &self.scratch).await?;
                     writer.mark_dirty();
                     if let Some((_, etag)) =
                         self.upload_writer(&mut writer, &node.path, posix).await?
