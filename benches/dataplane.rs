@@ -24,7 +24,9 @@
 //! listing a directory of M entries (names, as `ls -f`; fresh mount), the same with every
 //! entry's attributes (as `ls -l`; fresh mount; raw: the listing and parallel HEADs), and the
 //! mount daemon's memory (resident and anonymous when idle, peak through the write, peak
-//! through the read).
+//! through the read) and CPU time per GiB written and read (what the mount costs the node,
+//! steadier than throughput on a busy machine). `S3FILES_BENCH_BIN=PATH` mounts with another
+//! build of ours, to compare two builds on one machine.
 
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
@@ -141,6 +143,9 @@ struct Figures {
     /// clean pages of the binary, shared with every process of the same binary (on a node, the
     /// node plugin's own) and reclaimable.
     anon_idle: Option<f64>,
+    /// CPU time (user + system) the daemon spent per GiB of the sequential write and read.
+    cpu_write: Option<f64>,
+    cpu_read: Option<f64>,
     /// Requests the tool made in each row (by row label), where the server counts them.
     requests: BTreeMap<&'static str, Counts>,
 }
@@ -268,7 +273,7 @@ fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<Mounted> {
     let log = s.dir.path().join(format!("{}.out", tool.name()));
     match tool {
         Tool::Ours => run(
-            Command::new(BIN)
+            Command::new(std::env::var_os("S3FILES_BENCH_BIN").unwrap_or_else(|| BIN.into()))
                 .env("AWS_ENDPOINT_URL_S3FILES", &s.emulator_url)
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -404,6 +409,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let dir = m.join(sub);
     std::fs::create_dir_all(dir.join("small"))?;
     let c = raw.tally.now();
+    let cpu = daemon.and_then(cpu_seconds);
     let t = Instant::now();
     let mut file = std::fs::File::create(dir.join("big.bin"))?;
     let mut left = size;
@@ -415,6 +421,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     drop(file);
     raw.wait_for(&format!("{key_base}/big.bin"), size)?;
     f.write_mbs = Some(mbs(size, t.elapsed()));
+    f.cpu_write = per_gib(cpu, daemon.and_then(cpu_seconds), size);
     let write_peak = daemon.and_then(|pid| memory_mib(pid, "VmHWM"));
     raw.tally.row(&mut f, WRITE, &c);
     eprintln!("  {}: sequential write done", tool.name());
@@ -440,6 +447,8 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let m = mount(tool, s, "read")?;
     let dir = m.join(sub);
     let c = raw.tally.now();
+    let reader = daemon_of(&m);
+    let cpu = reader.and_then(cpu_seconds);
     let t = Instant::now();
     let mut file = std::fs::File::open(dir.join("big.bin"))?;
     let mut chunk = vec![0u8; 1 << 20];
@@ -458,6 +467,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     anyhow::ensure!(total == size, "read {total} of {size} bytes");
     anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
     f.read_mbs = Some(mbs(size, t.elapsed()));
+    f.cpu_read = per_gib(cpu, reader.and_then(cpu_seconds), size);
     drop(file);
     let read_peak = daemon_of(&m).and_then(|pid| memory_mib(pid, "VmHWM"));
     if let (Some(a), Some(b), Some(c)) = (idle, write_peak, read_peak) {
@@ -734,6 +744,23 @@ fn daemon_of(target: &Path) -> Option<u32> {
             .any(|arg| arg == want)
             .then_some(pid)
     })
+}
+
+/// CPU time `pid` has used so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the line (11 and 12 counted from the state), in
+    // clock ticks: USER_HZ, 100 on every Linux the bench runs on.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds per GiB between two readings of `cpu_seconds`.
+fn per_gib(before: Option<f64>, after: Option<f64>, bytes: u64) -> Option<f64> {
+    Some((after? - before?) / (bytes as f64 / f64::from(1 << 30)))
 }
 
 /// A `VmRSS`/`RssAnon`/`VmHWM` figure of `pid`, in MiB.
@@ -1022,7 +1049,7 @@ struct Round {
 /// peer, ours vs raw.
 type Table = Vec<[Option<f64>; 6]>;
 
-const ROWS: [(&str, Row); 10] = [
+const ROWS: [(&str, Row); 12] = [
     ("sequential write (MiB/s)", |f| f.write_mbs),
     ("sequential read (MiB/s)", |f| f.read_mbs),
     ("small files created (files/s)", |f| f.create_fps),
@@ -1033,7 +1060,14 @@ const ROWS: [(&str, Row); 10] = [
     ("memory idle, anonymous (MiB)", |f| f.anon_idle),
     ("memory peak in write (MiB)", |f| f.memory.map(|m| m[1])),
     ("memory peak in read (MiB)", |f| f.memory.map(|m| m[2])),
+    ("daemon CPU in write (s/GiB)", |f| f.cpu_write),
+    ("daemon CPU in read (s/GiB)", |f| f.cpu_read),
 ];
+
+/// Rows where less is better: the best peer is the lowest.
+fn lower_is_better(label: &str) -> bool {
+    label.starts_with("memory") || label.starts_with("daemon CPU")
+}
 
 impl Round {
     fn ratios(&self) -> Table {
@@ -1049,13 +1083,20 @@ impl Round {
             _ => None,
         };
         ROWS.iter()
-            .map(|(_, row)| {
+            .map(|(label, row)| {
                 let ours = get(Tool::Ours, *row);
                 let (s3fs, rclone) = (get(Tool::S3fs, *row), get(Tool::Rclone, *row));
+                let best = |m: f64, v: f64| {
+                    if lower_is_better(label) {
+                        m.min(v)
+                    } else {
+                        m.max(v)
+                    }
+                };
                 let best_peer = [s3fs, rclone]
                     .into_iter()
                     .flatten()
-                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| best(m, v))));
                 let raw = row(&self.raw);
                 [
                     raw,
