@@ -278,14 +278,17 @@ fn set_read_ahead(device: &str, target: &Path) {
     }
 }
 
-/// glibc malloc settings for the daemon, unless the environment sets them. Its large buffers
-/// (8 MiB parts, read-ahead chunks) are freed as often as they are made; with glibc's default
-/// the mmap threshold climbs after the first frees and those buffers are then carved from
-/// arenas that keep their pages. A fixed 1 MiB threshold returns them to the kernel when freed:
-/// measured with `cargo bench --bench dataplane -- --server s3s-fs`, the peak of a 1 GiB write
-/// fell from 120-129 MiB to 74 MiB and of the read from 106-121 MiB to 85 MiB. (Fewer arenas,
-/// `MALLOC_ARENA_MAX=2`, saved nothing more and slowed small files by about a tenth.)
-const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "1048576")];
+/// glibc malloc settings for the daemon, unless the environment sets them. With glibc's
+/// default the mmap threshold climbs after the first large frees, and buffers of every size are
+/// then carved from arenas that keep their pages (peak of a 1 GiB write 120-129 MiB, of the
+/// read 106-121 MiB, `cargo bench --bench dataplane -- --server s3s-fs`). Fixed at 2 MiB, the
+/// 1 MiB buffers of FUSE reads and writes come from the heap and are reused, and larger ones
+/// (part buffers, which `fuse::upload` reuses itself) go back to the kernel when freed: peaks
+/// 81 and 70 MiB. At 1 MiB the peaks were the same and every 1 MiB buffer was a fresh mapping
+/// whose pages the kernel zeroes: the daemon spent 1.7 s of CPU per GiB written and 2.5 s per
+/// GiB read at 2 MiB against 2.0 s and 3.0 s at 1 MiB. (Fewer arenas, `MALLOC_ARENA_MAX=2`,
+/// saved no memory and slowed small files by about a tenth.)
+const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "2097152")];
 
 /// Starts `serve` in a background process and returns once `target` is mounted.
 pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Result<()> {
