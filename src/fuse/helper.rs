@@ -281,14 +281,15 @@ fn set_read_ahead(device: &str, target: &Path) {
 /// glibc malloc settings for the daemon, unless the environment sets them. With glibc's
 /// default the mmap threshold climbs after the first large frees, and buffers of every size are
 /// then carved from arenas that keep their pages (peak of a 1 GiB write 120-129 MiB, of the
-/// read 106-121 MiB, `cargo bench --bench dataplane -- --server s3s-fs`). Fixed at 2 MiB, the
-/// 1 MiB buffers of FUSE reads and writes come from the heap and are reused, and larger ones
-/// (part buffers, which `fuse::upload` reuses itself) go back to the kernel when freed: peaks
-/// 81 and 70 MiB. At 1 MiB the peaks were the same and every 1 MiB buffer was a fresh mapping
-/// whose pages the kernel zeroes: the daemon spent 1.7 s of CPU per GiB written and 2.5 s per
-/// GiB read at 2 MiB against 2.0 s and 3.0 s at 1 MiB. (Fewer arenas, `MALLOC_ARENA_MAX=2`,
-/// saved no memory and slowed small files by about a tenth.)
-const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "2097152")];
+/// read 106-121 MiB, `cargo bench --bench dataplane -- --server s3s-fs`). Fixed at 5 MiB, the
+/// 1 MiB buffers of FUSE reads and writes and the 4 MiB segments of read-ahead come from the
+/// heap and are reused, and the 8 MiB part buffers (which `fuse::upload` reuses itself) go back
+/// to the kernel when freed: peaks 82 and 81-90 MiB. Each buffer above the threshold is a fresh
+/// mapping whose pages the kernel zeroes; the daemon's CPU per GiB written and read, at 1 MiB:
+/// 2.0 and 3.0 s; at 2 MiB: 1.7-1.8 and 2.5-3.3 s; at 5 MiB: 1.6-1.7 and 2.4-2.5 s, with the
+/// same peaks within 10 MiB. (Fewer arenas, `MALLOC_ARENA_MAX=2`, saved no memory and slowed
+/// small files by about a tenth.)
+const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "5242880")];
 
 /// Starts `serve` in a background process and returns once `target` is mounted.
 pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Result<()> {
