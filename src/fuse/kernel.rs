@@ -1,14 +1,16 @@
 //! The kernel adapter: `fuser::Filesystem` over the core ([`ObjectFs`]).
 //!
-//! Each callback converts its arguments, starts the core's operation as a task on the runtime
-//! and returns, so no FUSE thread waits on the network; the task replies, and logs a failure
-//! once (at debug when it is the caller's doing, a warning when it is the mount's).
+//! Each callback converts its arguments and starts the core's operation: one that finishes
+//! without waiting is answered on the FUSE thread, one that waits goes on as a task on the
+//! runtime, so no FUSE thread waits on the network. The answer logs a failure once (at debug
+//! when it is the caller's doing, a warning when it is the mount's).
 
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -63,7 +65,12 @@ impl Kernel {
         }
     }
 
-    /// Runs `op` on the core as a task; `reply` answers its result.
+    /// Runs `op` on the core and answers its result with `reply`. The operation is polled once
+    /// here, on the FUSE thread: most finish without waiting (an entry, attributes or bytes
+    /// already held, a write into staging) and are answered at once, without handing the
+    /// request to a runtime thread and waking it. One that has to wait (a store request, a
+    /// lock) goes on as a task, which polls it again with its own waker, so nothing waits on
+    /// the FUSE thread.
     fn spawn<T, F, Fut>(
         &self,
         name: &'static str,
@@ -74,11 +81,18 @@ impl Kernel {
         F: FnOnce(Arc<ObjectFs>) -> Fut,
         Fut: Future<Output = Result<T, FsError>> + Send + 'static,
     {
-        let fut = op(self.fs.clone());
-        self.runtime.spawn(async move {
-            let result = fut.await;
-            reply(result.map_err(|e| failed(name, &e)));
-        });
+        let _runtime = self.runtime.enter();
+        let mut fut = Box::pin(op(self.fs.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => reply(result.map_err(|e| failed(name, &e))),
+            Poll::Pending => {
+                self.runtime.spawn(async move {
+                    let result = fut.await;
+                    reply(result.map_err(|e| failed(name, &e)));
+                });
+            }
+        }
     }
 }
 
