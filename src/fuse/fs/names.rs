@@ -42,6 +42,8 @@ impl ObjectFs {
     }
 
     /// What is at `path`: in the store, or a file being written here that is not yet there.
+    /// The store's answer also mends the parent's kept listing, which another client's change
+    /// may have made stale: a name that `mkdir` found taken must not stay absent to lookups.
     async fn existing(&self, path: &str) -> Result<Option<Node>, FsError> {
         if let Some(ino) = self.inodes.ino_of(path)
             && self.handles.writing(ino)
@@ -49,8 +51,14 @@ impl ObjectFs {
             return Ok(self.inodes.get(ino));
         }
         match self.stat_path(path).await {
-            Ok(node) => Ok(Some(node)),
-            Err(FsError::NotFound) => Ok(None),
+            Ok(node) => {
+                self.dirs.note(path, Some((node.kind(), node.size)));
+                Ok(Some(node))
+            }
+            Err(FsError::NotFound) => {
+                self.dirs.note(path, None);
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

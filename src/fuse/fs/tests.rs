@@ -717,3 +717,26 @@ async fn readdirplus_pages_carry_attributes_read_once_per_entry() {
     );
     // The kernel keeps the page's entries for the TTL and calls no lookup for them.
 }
+
+#[tokio::test]
+async fn a_name_the_store_contradicts_is_mended_in_the_kept_listing() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_over(store.clone()).await;
+    put(&store, "gone", 1).await;
+    // Two lookups in the root list it: "taken" absent, "gone" present.
+    fs.lookup(&ROOT_CALLER, ROOT, n("x")).await.expect_err("x");
+    assert_eq!(fs.listed("", "taken").await, Listed::Absent);
+    assert_eq!(fs.listed("", "gone").await, Listed::File(1));
+    // Another client makes "taken" and removes "gone" while the listing is fresh.
+    put(&store, &format!("taken/{DIR_MARKER}"), 0).await;
+    store.delete(&ObjectPath::from("gone")).await.expect("delete");
+
+    let made = fs.mkdir(&ROOT_CALLER, ROOT, n("taken"), 0o755).await;
+    assert!(matches!(made, Err(FsError::Exists)), "{made:?}");
+    let found = fs.lookup(&ROOT_CALLER, ROOT, n("taken")).await;
+    assert_eq!(found.expect("lookup after EEXIST").node.kind(), Kind::Dir);
+
+    let removed = fs.unlink(&ROOT_CALLER, ROOT, n("gone")).await;
+    assert!(matches!(removed, Err(FsError::NotFound)), "{removed:?}");
+    assert_eq!(fs.listed("", "gone").await, Listed::Absent);
+}
