@@ -16,6 +16,11 @@ pub const SCHEME: &str = "s3files";
 static FS_ID: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("^fs-[0-9a-f]{17,40}$").expect("pattern"));
 
+/// Whether `id` is a file system id (`fs-` and 17 to 40 lowercase hex digits).
+pub fn is_file_system_id(id: &str) -> bool {
+    FS_ID.is_match(id)
+}
+
 /// A parsed volume handle.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VolumeHandle {

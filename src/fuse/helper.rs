@@ -52,8 +52,8 @@ pub fn parse(source: &str, target: &Path, options: Option<&str>) -> anyhow::Resu
         ),
         None => (source, None),
     };
-    if !fs.starts_with("fs-") || fs.len() < 20 || !fs[3..].bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("{source:?} is not <fs-id>[:/path]");
+    if !crate::volume::is_file_system_id(fs) {
+        bail!("{source:?} is not <fs-id>[:/path] (fs- and 17 to 40 hex digits)");
     }
     let mut request = MountRequest {
         file_system_id: fs.to_owned(),
@@ -69,7 +69,10 @@ pub fn parse(source: &str, target: &Path, options: Option<&str>) -> anyhow::Resu
         .filter(|o| !o.is_empty())
     {
         match option.split_once('=') {
-            Some(("accesspoint", ap)) => request.access_point = Some(ap.to_owned()),
+            Some(("accesspoint", ap)) => {
+                crate::mount::options::check_access_point_id(ap).map_err(anyhow::Error::msg)?;
+                request.access_point = Some(ap.to_owned());
+            }
             None if option == "ro" => request.read_only = true,
             None if option == "rw" => request.read_only = false,
             _ => {}
@@ -291,6 +294,21 @@ fn set_read_ahead(device: &str, target: &Path) {
 /// small files by about a tenth.)
 const MALLOC_TUNING: [(&str, &str); 1] = [("MALLOC_MMAP_THRESHOLD_", "5242880")];
 
+/// What a daemon that exited wrote to its log from byte `from`: its `error:` line when it
+/// wrote one, else its last lines.
+fn why_it_exited(log: &[u8], from: u64) -> String {
+    let ours = log.get(from as usize..).unwrap_or_default();
+    let text = String::from_utf8_lossy(ours);
+    if let Some(line) = text.lines().rev().find(|l| l.starts_with("error: ")) {
+        return line.trim_start_matches("error: ").to_owned();
+    }
+    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+    if tail.is_empty() {
+        return "it wrote nothing to its log".to_owned();
+    }
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
 /// Starts `serve` in a background process and returns once `target` is mounted.
 pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
@@ -300,6 +318,8 @@ pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Re
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
+    // Other mounts share the log: a failure shows only what this daemon wrote.
+    let ours_from = log_file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut command = std::process::Command::new(exe);
     for (name, value) in MALLOC_TUNING {
         if std::env::var_os(name).is_none() {
@@ -326,11 +346,9 @@ pub async fn daemonize(args: &[String], target: &Path, log: &Path) -> anyhow::Re
             return Ok(());
         }
         if let Some(status) = child.try_wait()? {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(5).collect();
             bail!(
                 "the mount daemon exited ({status}): {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                why_it_exited(&std::fs::read(log).unwrap_or_default(), ours_from)
             );
         }
         if Instant::now() >= deadline {
@@ -367,5 +385,30 @@ mod tests {
         assert_eq!(r.access_point.as_deref(), Some("fsap-0123456789abcdef1"));
         assert!(r.read_only);
         assert!(parse("nope", Path::new("/mnt"), None).is_err());
+        for bad in [
+            "accesspoint=",
+            "accesspoint=fsap-1",
+            "tls,accesspoint=ap-0123456789abcdef1",
+        ] {
+            let e = parse("fs-0123456789abcdef0", Path::new("/mnt"), Some(bad)).expect_err(bad);
+            assert!(
+                e.to_string().contains("not an access point id"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_daemon_is_explained_by_its_own_log_lines() {
+        let log = b"old WARN from another mount\nerror: stale\nINFO starting\nerror: the bucket is gone\n";
+        let from = b"old WARN from another mount\nerror: stale\n".len() as u64;
+        assert_eq!(why_it_exited(log, from), "the bucket is gone");
+        let log = b"old line\nline 1\nline 2\n";
+        assert_eq!(why_it_exited(log, 9), "line 1 | line 2");
+        assert_eq!(
+            why_it_exited(log, log.len() as u64),
+            "it wrote nothing to its log"
+        );
+        assert_eq!(why_it_exited(b"", 100), "it wrote nothing to its log");
     }
 }

@@ -729,7 +729,10 @@ async fn a_name_the_store_contradicts_is_mended_in_the_kept_listing() {
     assert_eq!(fs.listed("", "gone").await, Listed::File(1));
     // Another client makes "taken" and removes "gone" while the listing is fresh.
     put(&store, &format!("taken/{DIR_MARKER}"), 0).await;
-    store.delete(&ObjectPath::from("gone")).await.expect("delete");
+    store
+        .delete(&ObjectPath::from("gone"))
+        .await
+        .expect("delete");
 
     let made = fs.mkdir(&ROOT_CALLER, ROOT, n("taken"), 0o755).await;
     assert!(matches!(made, Err(FsError::Exists)), "{made:?}");
