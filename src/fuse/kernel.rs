@@ -25,6 +25,16 @@ use super::error::FsError;
 use super::fs::{ObjectFs, RenameMode, SetAttr, Stat, TTL};
 use super::inodes::Kind;
 
+/// Bytes of entries a `readdirplus` answer is built for after the first. The kernel asks with
+/// the reader's buffer (`ls` reads 32 KiB at a time; kernels before 6.16 ask for one page) and
+/// fuser does not say how much, so the answer is built for 32 KiB: what does not fit is sent
+/// in the next answer, its attributes already read. A 4 KiB answer carries about 26 entries,
+/// so `ls -l` waited for the slowest of each 26 HEADs before the kernel asked for more.
+const PLUS_BYTES: usize = 32 << 10;
+/// The first answer, one page: the kernel reads the start of every directory with attributes,
+/// also when nobody wants them (`ls -f`, `find`), and goes on with them only after lookups.
+const FIRST_PLUS_BYTES: usize = 4 << 10;
+
 pub struct Kernel {
     fs: Arc<ObjectFs>,
     runtime: tokio::runtime::Handle,
@@ -563,8 +573,14 @@ impl Filesystem for Kernel {
         let c = caller(req);
         self.spawn(
             "readdirplus",
-            // The kernel reads a directory a page at a time.
-            move |fs| async move { fs.readdirplus(&c, ino.0, fh.0, offset, 4096).await },
+            move |fs| async move {
+                let bytes = if offset == 0 {
+                    FIRST_PLUS_BYTES
+                } else {
+                    PLUS_BYTES
+                };
+                fs.readdirplus(&c, ino.0, fh.0, offset, bytes).await
+            },
             move |r| match r {
                 Ok(entries) => {
                     for e in entries {
