@@ -336,6 +336,7 @@ impl ObjectFs {
     }
 
     /// The entries of the directory at `path` (name, kind, size), as `readdir` shows them.
+    #[cfg(test)]
     async fn list_dir(&self, path: &str) -> Result<Vec<Entry>, FsError> {
         Ok(self
             .list_entries(path, true, None)
@@ -361,43 +362,62 @@ impl ObjectFs {
         verify: bool,
         limit: Option<usize>,
     ) -> Result<Option<Vec<Entry>>, FsError> {
+        let mut entries = Vec::new();
+        let whole = self
+            .list_pages(path, verify, limit, |more| entries.extend(more))
+            .await?;
+        Ok(whole.then_some(entries))
+    }
+
+    /// Lists the directory at `path` (see [`ObjectFs::list_entries`]), handing each page's
+    /// entries to `found` as it arrives. With `limit`, stops once more than that many were
+    /// found (answering false; true when the listing is whole).
+    async fn list_pages(
+        &self,
+        path: &str,
+        verify: bool,
+        limit: Option<usize>,
+        mut found: impl FnMut(Vec<Entry>),
+    ) -> Result<bool, FsError> {
         let key = self.key(path);
         let prefix = (!(path.is_empty() && self.root.is_empty())).then_some(&key);
+        let mut count = 0;
         let over = |n: usize| limit.is_some_and(|l| n > l);
-        let mut entries = Vec::new();
         let mut token = None;
         loop {
             let (page, next) = self.objects.list_page(prefix, token).await?;
-            for obj in page.objects {
-                if let Some(name) = obj.location.filename()
-                    && name != DIR_MARKER
-                {
-                    entries.push((name.to_owned(), Kind::File, obj.size));
-                }
-            }
-            if over(entries.len()) {
-                return Ok(None);
-            }
+            let mut entries: Vec<Entry> = page
+                .objects
+                .iter()
+                .filter_map(|obj| {
+                    let name = obj.location.filename().filter(|n| *n != DIR_MARKER)?;
+                    Some((name.to_owned(), Kind::File, obj.size))
+                })
+                .collect();
             let mut dirs = futures_util::stream::iter(page.common_prefixes)
                 .map(|dir| async move {
                     let live = !verify || self.objects.has_children(&dir).await?;
                     Ok::<_, object_store::Error>((dir, live))
                 })
                 .buffered(VERIFY_PARALLEL);
-            while let Some(checked) = dirs.next().await {
+            while !over(count + entries.len())
+                && let Some(checked) = dirs.next().await
+            {
                 let (dir, live) = checked?;
                 if let Some(name) = dir.filename()
                     && live
                 {
                     entries.push((name.to_owned(), Kind::Dir, 0));
                 }
-                if over(entries.len()) {
-                    return Ok(None);
-                }
+            }
+            count += entries.len();
+            found(entries);
+            if over(count) {
+                return Ok(false);
             }
             match next {
                 Some(next) => token = Some(next),
-                None => return Ok(Some(entries)),
+                None => return Ok(true),
             }
         }
     }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use super::error::FsError;
 use super::inodes::Kind;
 use super::prefetch::Prefetch;
 use super::writer::Writer;
@@ -31,15 +32,97 @@ pub struct FileHandle {
     pub access: Access,
 }
 
-/// A directory's entries as `readdir` returns them: inode, kind, name.
-pub type Listing = Arc<Vec<(u64, Kind, String)>>;
+/// One entry of an open directory: inode, kind, name.
+pub type DirEntry = (u64, Kind, String);
+
+/// Entries of `readdir` calls at most (a 32 KiB answer holds up to 1,024 short names).
+const ENTRIES_PER_CALL: usize = 1024;
+
+/// An open directory's entries, filled page by page by its listing task while `readdir` calls
+/// read what has arrived: the kernel gets the first page's names (and `ls -l` their attributes)
+/// while the later pages are still being listed.
+pub struct DirReader {
+    entries: Mutex<Vec<DirEntry>>,
+    /// Entries there before the listing's (`.` and `..`): a call at offset 0 waits for more.
+    head: usize,
+    /// Entries arrived so far, and whether the listing ended (and whether it succeeded).
+    progress: tokio::sync::watch::Sender<(usize, Option<bool>)>,
+    failure: Mutex<Option<FsError>>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl DirReader {
+    /// Starts with `head`, the entries that come before the listing's.
+    pub fn new(head: Vec<DirEntry>) -> Self {
+        DirReader {
+            head: head.len(),
+            progress: tokio::sync::watch::Sender::new((head.len(), None)),
+            entries: Mutex::new(head),
+            failure: Mutex::default(),
+            task: Mutex::default(),
+        }
+    }
+
+    pub fn push(&self, more: Vec<DirEntry>) {
+        let len = {
+            let mut entries = locked(&self.entries);
+            entries.extend(more);
+            entries.len()
+        };
+        self.progress.send_modify(|p| p.0 = len);
+    }
+
+    /// The listing ended: with `Err`, what failed (for the call that reaches past it).
+    pub fn finish(&self, result: Result<(), FsError>) {
+        let ok = result.is_ok();
+        if let Err(e) = result {
+            *locked(&self.failure) = Some(e);
+        }
+        self.progress.send_modify(|p| p.1 = Some(ok));
+    }
+
+    pub fn set_task(&self, task: tokio::task::AbortHandle) {
+        *locked(&self.task) = Some(task);
+    }
+
+    pub fn stop(&self) {
+        if let Some(task) = locked(&self.task).take() {
+            task.abort();
+        }
+    }
+
+    /// Entries from `offset` on (up to [`ENTRIES_PER_CALL`]), once at least one has arrived
+    /// (at offset 0, one of the listing's); none at the end of the listing. A failed listing fails the calls that reach past what
+    /// it listed.
+    pub async fn from(&self, offset: usize) -> Result<Vec<DirEntry>, FsError> {
+        let mut progress = self.progress.subscribe();
+        // The sender lives in `self`: waiting ends only by a change.
+        let ended = progress
+            .wait_for(|(len, end)| *len > offset.max(self.head) || end.is_some())
+            .await
+            .map(|p| p.1)
+            .unwrap_or(Some(false));
+        let entries = locked(&self.entries);
+        if entries.len() <= offset && ended == Some(false) {
+            // The first call past the end hears what failed; any later one that it failed.
+            return Err(locked(&self.failure).take().unwrap_or_else(|| {
+                FsError::Store(object_store::Error::Generic {
+                    store: "listing",
+                    source: "this directory's listing failed".into(),
+                })
+            }));
+        }
+        let end = entries.len().min(offset.saturating_add(ENTRIES_PER_CALL));
+        Ok(entries.get(offset..end).unwrap_or_default().to_vec())
+    }
+}
 
 #[derive(Default)]
 pub struct Handles {
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
-    /// Listings of open directories (a large directory is read in many `readdir` calls),
-    /// taken at the first call.
-    dirs: Mutex<HashMap<u64, Option<Listing>>>,
+    /// Open directories (a large directory is read in many `readdir` calls), with the
+    /// listing their first call started.
+    dirs: Mutex<HashMap<u64, Option<Arc<DirReader>>>>,
     next: AtomicU64,
 }
 
@@ -88,19 +171,31 @@ impl Handles {
         fh
     }
 
-    /// The listing an open directory took, if it took one.
-    pub fn dir_listing(&self, fh: u64) -> Option<Listing> {
+    /// The listing an open directory started, if it started one.
+    pub fn dir_reader(&self, fh: u64) -> Option<Arc<DirReader>> {
         locked(&self.dirs).get(&fh).cloned().flatten()
     }
 
-    pub fn set_dir_listing(&self, fh: u64, listing: Listing) {
-        if let Some(slot) = locked(&self.dirs).get_mut(&fh) {
-            *slot = Some(listing);
+    /// Gives open directory `fh` a new listing (a rewind lists again), stopping the one it had;
+    /// false (and the new one stopped) when `fh` is not open.
+    pub fn set_dir_reader(&self, fh: u64, reader: Arc<DirReader>) -> bool {
+        let mut dirs = locked(&self.dirs);
+        let Some(slot) = dirs.get_mut(&fh) else {
+            drop(dirs);
+            reader.stop();
+            return false;
+        };
+        if let Some(old) = slot.replace(reader) {
+            old.stop();
         }
+        true
     }
 
+    /// Closes an open directory; a listing still under way stops.
     pub fn close_dir(&self, fh: u64) {
-        locked(&self.dirs).remove(&fh);
+        if let Some(Some(reader)) = locked(&self.dirs).remove(&fh) {
+            reader.stop();
+        }
     }
 
     /// Open files and directories (for tests and memory figures).

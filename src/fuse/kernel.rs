@@ -538,8 +538,8 @@ impl Filesystem for Kernel {
             move |fs| async move { fs.readdir(ino.0, fh.0, offset).await },
             move |r| match r {
                 Ok(entries) => {
-                    for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                        if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(*kind), name) {
+                    for (next, (ino, kind, name)) in (offset + 1..).zip(&entries) {
+                        if reply.add(INodeNo(*ino), next, file_type(*kind), name) {
                             break;
                         }
                     }

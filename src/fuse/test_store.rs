@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use object_store::list::{PaginatedListOptions, PaginatedListResult, PaginatedListStore};
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -42,12 +43,22 @@ pub struct Counted {
     /// Whole-object PUTs and multipart uploads started.
     pub puts: AtomicUsize,
     pub multipart_starts: AtomicUsize,
+    /// How long each page of a paginated listing takes.
+    page_pause: Duration,
 }
 
 impl Counted {
     pub fn paced(pace: Pace) -> Self {
         Counted {
             pace,
+            ..Default::default()
+        }
+    }
+
+    /// Paginated listings whose pages take `pause` each.
+    pub fn paged(pause: Duration) -> Self {
+        Counted {
+            page_pause: pause,
             ..Default::default()
         }
     }
@@ -157,5 +168,75 @@ impl ObjectStore for Counted {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// Pages of [`PAGE_KEYS`] keys (files and sub-prefixes in key order), as S3's ListObjectsV2
+/// gives 1,000; each page waits the pause given to [`Counted::paged`] first, and counts as a
+/// listing. Without a delimiter, a prefix check (counted as one).
+pub const PAGE_KEYS: usize = 10;
+
+#[async_trait::async_trait]
+impl PaginatedListStore for Counted {
+    async fn list_paginated(
+        &self,
+        prefix: Option<&str>,
+        opts: PaginatedListOptions,
+    ) -> object_store::Result<PaginatedListResult> {
+        let dir = prefix.map(|p| ObjectPath::from(p.trim_end_matches('/')));
+        if opts.delimiter.is_none() {
+            // A prefix check: the first keys under it, at any depth.
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            let objects = self
+                .inner
+                .list(dir.as_ref())
+                .take(opts.max_keys.unwrap_or(PAGE_KEYS))
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<object_store::Result<_>>()?;
+            let result = ListResult {
+                common_prefixes: Vec::new(),
+                objects,
+                extensions: Default::default(),
+            };
+            return Ok(PaginatedListResult {
+                result,
+                page_token: None,
+            });
+        }
+        self.listings.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.page_pause).await;
+        let all = self.inner.list_with_delimiter(dir.as_ref()).await?;
+        let mut keys: Vec<(String, Option<ObjectMeta>)> = all
+            .objects
+            .into_iter()
+            .map(|o| (o.location.to_string(), Some(o)))
+            .chain(
+                all.common_prefixes
+                    .into_iter()
+                    .map(|p| (format!("{p}/"), None)),
+            )
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let after = opts.page_token.unwrap_or_default();
+        let rest: Vec<_> = keys.into_iter().filter(|(k, _)| *k > after).collect();
+        let more = rest.len() > PAGE_KEYS;
+        let page: Vec<_> = rest.into_iter().take(PAGE_KEYS).collect();
+        let page_token = more.then(|| page.last().map(|(k, _)| k.clone())).flatten();
+        let mut result = ListResult {
+            common_prefixes: Vec::new(),
+            objects: Vec::new(),
+            extensions: Default::default(),
+        };
+        for (key, meta) in page {
+            match meta {
+                Some(meta) => result.objects.push(meta),
+                None => result
+                    .common_prefixes
+                    .push(ObjectPath::from(key.trim_end_matches('/'))),
+            }
+        }
+        Ok(PaginatedListResult { result, page_token })
     }
 }

@@ -12,7 +12,7 @@ use super::{ObjectFs, Stat, TTL};
 use crate::fuse::access::{Caller, R, X};
 use crate::fuse::dircache::{DIR_CACHE_MAX, Listed};
 use crate::fuse::error::FsError;
-use crate::fuse::handles::Listing;
+use crate::fuse::handles::{DirEntry, DirReader};
 use crate::fuse::inodes::{Kind, Node};
 use crate::fuse::objects::{S_IFDIR, S_IFREG};
 
@@ -131,50 +131,89 @@ impl ObjectFs {
         Ok(self.handles.open_dir())
     }
 
-    /// The entries of open directory `fh` from `offset`. The listing is taken once per open
-    /// directory, by the call at offset 0; later calls (a large directory takes many) continue
-    /// from it.
-    pub async fn readdir(&self, ino: u64, fh: u64, offset: u64) -> Result<Listing, FsError> {
-        if offset > 0
-            && let Some(listing) = self.handles.dir_listing(fh)
-        {
-            return Ok(listing);
-        }
+    /// The entries of open directory `fh` from `offset` on, as many as have arrived (at least
+    /// one, none at the end). The call at offset 0 starts the directory's listing (a rewind
+    /// lists again), which goes on page by page in its own task while the kernel reads what
+    /// arrived; later calls continue from it.
+    pub async fn readdir(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        let reader = match self.handles.dir_reader(fh) {
+            Some(reader) if offset > 0 => reader,
+            _ => self.start_listing(ino, fh)?,
+        };
+        reader.from(offset as usize).await
+    }
+
+    fn start_listing(self: &Arc<Self>, ino: u64, fh: u64) -> Result<Arc<DirReader>, FsError> {
         let node = self.node(ino)?;
         if node.kind() != Kind::Dir {
             return Err(FsError::NotDir);
         }
-        let listing = self.list_dir(&node.path).await?;
-        self.dirs.store(&node.path, Some(&listing));
         let parent = match node.path.rsplit_once('/') {
             Some((parent, _)) => self.inodes.ino_of(parent),
             None => Some(super::ROOT),
         };
-        let mut entries = Vec::with_capacity(listing.len() + 2);
-        entries.push((ino, Kind::Dir, ".".to_owned()));
-        entries.push((parent.unwrap_or(super::ROOT), Kind::Dir, "..".to_owned()));
-        for (name, kind, _) in listing {
-            let path = if node.path.is_empty() {
-                name.clone()
-            } else {
-                format!("{}/{name}", node.path)
-            };
-            // A listing carries no attributes: an inode new to this mount gets placeholder
-            // ones, marked stale so they are read before they are trusted.
-            let ino = self.inodes.ino_or_placeholder(|| Node {
-                path,
-                size: 0,
-                mtime: SystemTime::now(),
-                posix: self.default_posix(if kind == Kind::Dir { S_IFDIR } else { S_IFREG }),
-                seen: Instant::now().checked_sub(TTL).unwrap_or_else(Instant::now),
-                etag: None,
-            });
-            let kind = self.inodes.get(ino).map_or(kind, |n| n.kind());
-            entries.push((ino, kind, name));
+        let reader = Arc::new(DirReader::new(vec![
+            (ino, Kind::Dir, ".".to_owned()),
+            (parent.unwrap_or(super::ROOT), Kind::Dir, "..".to_owned()),
+        ]));
+        let (fs, filled) = (self.clone(), reader.clone());
+        let task = tokio::spawn(async move { fs.fill(&node.path, &filled).await });
+        reader.set_task(task.abort_handle());
+        if !self.handles.set_dir_reader(fh, reader.clone()) {
+            return Err(FsError::BadHandle);
         }
-        let listing = Arc::new(entries);
-        self.handles.set_dir_listing(fh, listing.clone());
-        Ok(listing)
+        Ok(reader)
+    }
+
+    /// Lists the directory at `path` into `reader`, and keeps the listing for lookups when it
+    /// is small enough.
+    async fn fill(&self, path: &str, reader: &DirReader) {
+        let mut kept = Some(Vec::new());
+        let listed = self
+            .list_pages(path, true, None, |more| {
+                if let Some(k) = kept.as_mut() {
+                    k.extend(more.iter().cloned());
+                }
+                if kept.as_ref().is_some_and(|k| k.len() > DIR_CACHE_MAX) {
+                    kept = None;
+                }
+                let entries = more
+                    .into_iter()
+                    .map(|(name, kind, _)| self.listed_entry(path, name, kind))
+                    .collect();
+                reader.push(entries);
+            })
+            .await;
+        if listed.is_ok() {
+            self.dirs.store(path, kept.as_deref());
+        }
+        reader.finish(listed.map(|_| ()));
+    }
+
+    /// The inode a listing shows for `name` in the directory at `dir`. A listing carries no
+    /// attributes: an inode new to this mount gets placeholder ones, marked stale so they are
+    /// read before they are trusted.
+    fn listed_entry(&self, dir: &str, name: String, kind: Kind) -> DirEntry {
+        let path = if dir.is_empty() {
+            name.clone()
+        } else {
+            format!("{dir}/{name}")
+        };
+        let ino = self.inodes.ino_or_placeholder(|| Node {
+            path,
+            size: 0,
+            mtime: SystemTime::now(),
+            posix: self.default_posix(if kind == Kind::Dir { S_IFDIR } else { S_IFREG }),
+            seen: Instant::now().checked_sub(TTL).unwrap_or_else(Instant::now),
+            etag: None,
+        });
+        let kind = self.inodes.get(ino).map_or(kind, |n| n.kind());
+        (ino, kind, name)
     }
 
     /// The entries of open directory `fh` from `offset` that fit in `bytes` of a readdirplus
@@ -184,7 +223,7 @@ impl ObjectFs {
     /// attributes already known, which the adapter hands over without letting the kernel keep
     /// them (`fresh` false), as do entries that could not be read.
     pub async fn readdirplus(
-        &self,
+        self: &Arc<Self>,
         caller: &Caller,
         ino: u64,
         fh: u64,
@@ -196,13 +235,13 @@ impl ObjectFs {
         let searchable = self.user(caller).permits(&dir.posix, X);
         let mut chosen = Vec::new();
         let mut used = 0;
-        for (i, (child, kind, name)) in listing.iter().enumerate().skip(offset as usize) {
+        for (next, (child, kind, name)) in (offset + 1..).zip(listing) {
             // fuse_entry_out (128 bytes) and fuse_dirent (24) with the name padded to 8.
             used += 152 + name.len().div_ceil(8) * 8;
             if used > bytes {
                 break;
             }
-            chosen.push((i as u64 + 1, *child, *kind, name.clone()));
+            chosen.push((next, child, kind, name));
         }
         let fetched = futures_util::stream::iter(chosen)
             .map(|(next, child, kind, name)| {

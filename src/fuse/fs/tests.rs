@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -10,7 +11,7 @@ use object_store::path::Path as ObjectPath;
 use super::*;
 use crate::fuse::access::{Groups, Time};
 use crate::fuse::dircache::{DIR_CACHE_MAX, Listed};
-use crate::fuse::test_store::Counted;
+use crate::fuse::test_store::{Counted, PAGE_KEYS};
 
 const ROOT_CALLER: Caller = Caller {
     uid: 0,
@@ -24,8 +25,17 @@ async fn fs_over(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
 }
 
 async fn fs_with(store: Arc<Counted>, user: Option<User>) -> (ObjectFs, tempfile::TempDir) {
+    fs_of(Objects::new(store, None, None).expect("objects"), user).await
+}
+
+/// As [`fs_over`], listing `store` in pages of [`PAGE_KEYS`] keys as S3 does.
+async fn fs_paged(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
+    let objects = Objects::new(store.clone(), None, Some(store)).expect("objects");
+    fs_of(objects, None).await
+}
+
+async fn fs_of(objects: Objects, user: Option<User>) -> (ObjectFs, tempfile::TempDir) {
     let staging = tempfile::tempdir().expect("staging");
-    let objects = Objects::new(store, None, None).expect("objects");
     let identity = Identity {
         user,
         default_uid: 0,
@@ -150,6 +160,7 @@ async fn emptiness_is_decided_by_the_first_live_entry() {
 async fn listed_entries_cost_one_request_each_whatever_their_kind() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
+    let fs = Arc::new(fs);
     for i in 0..10 {
         put(&store, &format!("d/small{i}"), 10).await;
         put(&store, &format!("d/large{i}"), 200 << 10).await;
@@ -183,6 +194,7 @@ async fn listed_entries_cost_one_request_each_whatever_their_kind() {
 async fn names_are_object_keys_byte_for_byte() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
+    let fs = Arc::new(fs);
     let names = [
         "caf\u{e9}",
         "cafe\u{301}",
@@ -677,6 +689,7 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
 async fn readdirplus_pages_carry_attributes_read_once_per_entry() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
+    let fs = Arc::new(fs);
     // More than a kept listing holds, so the lookups' cache cannot answer for the entries.
     for i in 0..=DIR_CACHE_MAX {
         put(&store, &format!("d/large{i:05}"), 1).await;
@@ -742,4 +755,81 @@ async fn a_name_the_store_contradicts_is_mended_in_the_kept_listing() {
     let removed = fs.unlink(&ROOT_CALLER, ROOT, n("gone")).await;
     assert!(matches!(removed, Err(FsError::NotFound)), "{removed:?}");
     assert_eq!(fs.listed("", "gone").await, Listed::Absent);
+}
+
+#[tokio::test]
+async fn a_directory_is_read_while_its_later_pages_are_listed() {
+    let store = Arc::new(Counted::paged(Duration::from_millis(300)));
+    for i in 0..35 {
+        put(&store, &format!("d/f{i:02}"), 1).await;
+    }
+    put(&store, "d/sub/x", 1).await;
+    let (fs, _staging) = fs_paged(store.clone()).await;
+    let fs = Arc::new(fs);
+    let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
+    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    let listings = store.listings.load(Ordering::SeqCst);
+
+    let first = fs.readdir(d, fh, 0).await.expect("first call");
+    assert_eq!(first.len(), 2 + PAGE_KEYS, ". and .. and the first page");
+    assert_eq!(first[2].2, "f00");
+    let mut names: Vec<String> = first.iter().map(|e| e.2.clone()).collect();
+    loop {
+        let more = fs.readdir(d, fh, names.len() as u64).await.expect("call");
+        if more.is_empty() {
+            break;
+        }
+        names.extend(more.into_iter().map(|e| e.2));
+    }
+    let mut expected = vec![".".to_owned(), "..".to_owned()];
+    expected.extend((0..35).map(|i| format!("f{i:02}")));
+    expected.push("sub".into());
+    assert_eq!(names, expected, "every entry once, in order");
+    assert_eq!(
+        store.listings.load(Ordering::SeqCst) - listings,
+        4,
+        "4 pages"
+    );
+    // The whole listing is kept for lookups.
+    assert_eq!(fs.listed("d", "nope").await, Listed::Absent);
+    assert_eq!(store.listings.load(Ordering::SeqCst) - listings, 4);
+
+    // A rewind lists again and sees what came since.
+    put(&store, "d/new", 1).await;
+    let mut again = Vec::new();
+    loop {
+        let more = fs.readdir(d, fh, again.len() as u64).await.expect("call");
+        if more.is_empty() {
+            break;
+        }
+        again.extend(more.into_iter().map(|e| e.2));
+    }
+    assert!(again.iter().any(|n| n == "new"), "{again:?}");
+    assert_eq!(again.len(), names.len() + 1);
+    fs.releasedir(fh);
+}
+
+#[tokio::test]
+async fn closing_a_directory_stops_its_listing() {
+    let store = Arc::new(Counted::paged(Duration::from_millis(100)));
+    for i in 0..10 * PAGE_KEYS {
+        put(&store, &format!("d/f{i:03}"), 1).await;
+    }
+    let (fs, _staging) = fs_paged(store.clone()).await;
+    let fs = Arc::new(fs);
+    let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
+    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    let listings = store.listings.load(Ordering::SeqCst);
+    let first = fs.readdir(d, fh, 0).await.expect("first call");
+    assert_eq!(first.len(), 2 + PAGE_KEYS);
+    fs.releasedir(fh);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pages = store.listings.load(Ordering::SeqCst) - listings;
+    assert!(
+        pages <= 2,
+        "{pages} pages listed after the directory was closed"
+    );
+    // A call on a closed directory lists nothing.
+    let closed = fs.readdir(d, fh, 0).await;
+    assert!(matches!(closed, Err(FsError::BadHandle)), "{closed:?}");
 }
