@@ -11,6 +11,7 @@ use object_store::path::Path as ObjectPath;
 use super::*;
 use crate::fuse::access::{Groups, Time};
 use crate::fuse::dircache::{DIR_CACHE_MAX, Listed};
+use crate::fuse::handles::DirEntry;
 use crate::fuse::test_store::{Counted, PAGE_KEYS};
 
 const ROOT_CALLER: Caller = Caller {
@@ -757,6 +758,34 @@ async fn a_name_the_store_contradicts_is_mended_in_the_kept_listing() {
     assert_eq!(fs.listed("", "gone").await, Listed::Absent);
 }
 
+/// A file system listing `store` in pages, and the directory `name` in its root opened.
+async fn open_paged(
+    store: &Arc<Counted>,
+    name: &str,
+) -> (Arc<ObjectFs>, tempfile::TempDir, u64, u64) {
+    let (fs, staging) = fs_paged(store.clone()).await;
+    let fs = Arc::new(fs);
+    let d = fs
+        .lookup(&ROOT_CALLER, ROOT, n(name))
+        .await
+        .expect("dir")
+        .ino;
+    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    (fs, staging, d, fh)
+}
+
+/// The names of open directory `fh`: `got` (its first entries), then every call's to the end.
+async fn read_from(fs: &Arc<ObjectFs>, d: u64, fh: u64, got: Vec<DirEntry>) -> Vec<String> {
+    let mut names: Vec<String> = got.into_iter().map(|e| e.2).collect();
+    loop {
+        let more = fs.readdir(d, fh, names.len() as u64).await.expect("call");
+        if more.is_empty() {
+            return names;
+        }
+        names.extend(more.into_iter().map(|e| e.2));
+    }
+}
+
 #[tokio::test]
 async fn a_directory_is_read_while_its_later_pages_are_listed() {
     let store = Arc::new(Counted::paged(Duration::from_millis(300)));
@@ -764,23 +793,13 @@ async fn a_directory_is_read_while_its_later_pages_are_listed() {
         put(&store, &format!("d/f{i:02}"), 1).await;
     }
     put(&store, "d/sub/x", 1).await;
-    let (fs, _staging) = fs_paged(store.clone()).await;
-    let fs = Arc::new(fs);
-    let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
-    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    let (fs, _staging, d, fh) = open_paged(&store, "d").await;
     let listings = store.listings.load(Ordering::SeqCst);
 
     let first = fs.readdir(d, fh, 0).await.expect("first call");
     assert_eq!(first.len(), 2 + PAGE_KEYS, ". and .. and the first page");
     assert_eq!(first[2].2, "f00");
-    let mut names: Vec<String> = first.iter().map(|e| e.2.clone()).collect();
-    loop {
-        let more = fs.readdir(d, fh, names.len() as u64).await.expect("call");
-        if more.is_empty() {
-            break;
-        }
-        names.extend(more.into_iter().map(|e| e.2));
-    }
+    let names = read_from(&fs, d, fh, first).await;
     let mut expected = vec![".".to_owned(), "..".to_owned()];
     expected.extend((0..35).map(|i| format!("f{i:02}")));
     expected.push("sub".into());
@@ -796,14 +815,7 @@ async fn a_directory_is_read_while_its_later_pages_are_listed() {
 
     // A rewind lists again and sees what came since.
     put(&store, "d/new", 1).await;
-    let mut again = Vec::new();
-    loop {
-        let more = fs.readdir(d, fh, again.len() as u64).await.expect("call");
-        if more.is_empty() {
-            break;
-        }
-        again.extend(more.into_iter().map(|e| e.2));
-    }
+    let again = read_from(&fs, d, fh, Vec::new()).await;
     assert!(again.iter().any(|n| n == "new"), "{again:?}");
     assert_eq!(again.len(), names.len() + 1);
     fs.releasedir(fh);
@@ -815,10 +827,7 @@ async fn closing_a_directory_stops_its_listing() {
     for i in 0..10 * PAGE_KEYS {
         put(&store, &format!("d/f{i:03}"), 1).await;
     }
-    let (fs, _staging) = fs_paged(store.clone()).await;
-    let fs = Arc::new(fs);
-    let d = fs.lookup(&ROOT_CALLER, ROOT, n("d")).await.expect("d").ino;
-    let fh = fs.opendir(&ROOT_CALLER, d).await.expect("opendir");
+    let (fs, _staging, d, fh) = open_paged(&store, "d").await;
     let listings = store.listings.load(Ordering::SeqCst);
     let first = fs.readdir(d, fh, 0).await.expect("first call");
     assert_eq!(first.len(), 2 + PAGE_KEYS);
