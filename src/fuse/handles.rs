@@ -51,6 +51,20 @@ pub struct DirReader {
     task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
+/// Held by a listing's task: a task that ends without finishing its listing (aborted by a
+/// close or a rewind, or panicking) ends it as failed, so no `readdir` waits on it for ever.
+pub struct Listing(pub Arc<DirReader>);
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.0
+            .finish(Err(FsError::Store(object_store::Error::Generic {
+                store: "listing",
+                source: "the directory's listing stopped before its end".into(),
+            })));
+    }
+}
+
 impl DirReader {
     /// Starts with `head`, the entries that come before the listing's.
     pub fn new(head: Vec<DirEntry>) -> Self {
@@ -72,8 +86,12 @@ impl DirReader {
         self.progress.send_modify(|p| p.0 = len);
     }
 
-    /// The listing ended: with `Err`, what failed (for the call that reaches past it).
+    /// The listing ended: with `Err`, what failed (for the call that reaches past it). Only
+    /// the first end counts.
     pub fn finish(&self, result: Result<(), FsError>) {
+        if self.progress.borrow().1.is_some() {
+            return;
+        }
         let ok = result.is_ok();
         if let Err(e) = result {
             *locked(&self.failure) = Some(e);
@@ -92,8 +110,8 @@ impl DirReader {
     }
 
     /// Entries from `offset` on (up to [`ENTRIES_PER_CALL`]), once at least one has arrived
-    /// (at offset 0, one of the listing's); none at the end of the listing. A failed listing fails the calls that reach past what
-    /// it listed.
+    /// (at offset 0, one of the listing's); none at the end of the listing. A failed or stopped
+    /// listing fails the calls that reach past what it listed.
     pub async fn from(&self, offset: usize) -> Result<Vec<DirEntry>, FsError> {
         let mut progress = self.progress.subscribe();
         // The sender lives in `self`: waiting ends only by a change.

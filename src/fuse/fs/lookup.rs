@@ -12,7 +12,7 @@ use super::{ObjectFs, Stat, TTL};
 use crate::fuse::access::{Caller, R, X};
 use crate::fuse::dircache::{DIR_CACHE_MAX, Listed};
 use crate::fuse::error::FsError;
-use crate::fuse::handles::{DirEntry, DirReader};
+use crate::fuse::handles::{DirEntry, DirReader, Listing};
 use crate::fuse::inodes::{Kind, Node};
 use crate::fuse::objects::{S_IFDIR, S_IFREG};
 
@@ -161,8 +161,8 @@ impl ObjectFs {
             (ino, Kind::Dir, ".".to_owned()),
             (parent.unwrap_or(super::ROOT), Kind::Dir, "..".to_owned()),
         ]));
-        let (fs, filled) = (self.clone(), reader.clone());
-        let task = tokio::spawn(async move { fs.fill(&node.path, &filled).await });
+        let (fs, filled) = (self.clone(), Listing(reader.clone()));
+        let task = tokio::spawn(async move { fs.fill(&node.path, &filled.0).await });
         reader.set_task(task.abort_handle());
         if !self.handles.set_dir_reader(fh, reader.clone()) {
             return Err(FsError::BadHandle);

@@ -831,7 +831,18 @@ async fn closing_a_directory_stops_its_listing() {
     let listings = store.listings.load(Ordering::SeqCst);
     let first = fs.readdir(d, fh, 0).await.expect("first call");
     assert_eq!(first.len(), 2 + PAGE_KEYS);
+    // A call waiting for a later page when the directory closes fails rather than waits.
+    let waiting = tokio::spawn({
+        let fs = fs.clone();
+        async move { fs.readdir(d, fh, 90).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
     fs.releasedir(fh);
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting call ends")
+        .expect("task");
+    assert!(matches!(waited, Err(FsError::Store(_))), "{waited:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pages = store.listings.load(Ordering::SeqCst) - listings;
     assert!(
