@@ -1,25 +1,40 @@
 //! Multipart uploads of one mount: every part's buffer comes from the mount's [`Parts`], which
 //! bounds the memory all uploads hold together and hands sent buffers back out.
 //!
-//! A buffer is taken when a part starts to fill (a copy kept as it is written, see `part`) or
-//! when a part is read from staging, and held until its upload has finished; then it goes back
+//! A buffer is taken when a part starts to fill (held over staging as it is written, see
+//! `part`) or when a part is read from staging, and held until its upload has finished; then it goes back
 //! to the mount's free list, so a steady upload reuses a few buffers whose pages are already
 //! mapped (a new 8 MiB buffer costs the kernel 2,048 zeroed pages). When the last buffer in
 //! use comes back, the free list is emptied: an idle mount holds none.
 //!
-//! Filling copies are an optimisation and may only take a buffer while [`RESERVED`] stay free
+//! Buffers begin on a [`DIRECT_ALIGN`] boundary, so staging can write a complete part with
+//! direct I/O.
+//!
+//! Filling parts are an optimisation and may only take a buffer while [`RESERVED`] stay free
 //! for reads from staging, which wait for one: parts in flight always finish and return theirs,
-//! so an upload waiting for a buffer never waits on a writer that sits on a half-filled copy.
+//! so an upload waiting for a buffer never waits on a writer that sits on a half-filled part.
 
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use object_store::{MultipartUpload, PutPayload, PutResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-/// Buffers a filling copy must leave free for reads from staging.
+/// Buffers a filling part must leave free for reads from staging.
 pub const RESERVED: usize = 2;
+/// Where part buffers begin: a multiple of this (the page size, which also satisfies any
+/// device's direct I/O alignment up to 4 KiB sectors).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// An empty buffer of at least `size` bytes that begins on a [`DIRECT_ALIGN`] boundary.
+fn aligned(size: usize) -> BytesMut {
+    let mut bytes = BytesMut::with_capacity(size + DIRECT_ALIGN);
+    let skip = bytes.as_ptr().align_offset(DIRECT_ALIGN);
+    bytes.resize(skip, 0);
+    bytes.advance(skip);
+    bytes
+}
 
 /// The part buffers of one mount.
 #[derive(Clone)]
@@ -42,11 +57,6 @@ impl Parts {
         }
     }
 
-    /// Bytes in one part.
-    pub fn size(&self) -> usize {
-        self.size
-    }
-
     /// Buffers not in use now.
     #[cfg(test)]
     pub fn available(&self) -> usize {
@@ -63,7 +73,7 @@ impl Parts {
         self.leased(permit)
     }
 
-    /// A buffer for a copy filled ahead of its upload, if that leaves [`RESERVED`] free.
+    /// A buffer for a part filled ahead of its upload, if that leaves [`RESERVED`] free.
     pub fn spare(&self) -> Option<PartBuf> {
         if self.permits.available_permits() <= RESERVED {
             return None;
@@ -78,7 +88,7 @@ impl Parts {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(self.size));
+            .unwrap_or_else(|| aligned(self.size));
         PartBuf {
             bytes,
             lease: Some((permit, self.clone())),
@@ -87,7 +97,7 @@ impl Parts {
 
     fn unleased(&self) -> PartBuf {
         PartBuf {
-            bytes: BytesMut::with_capacity(self.size),
+            bytes: aligned(self.size),
             lease: None,
         }
     }
@@ -267,6 +277,11 @@ mod tests {
         for i in 0..10u8 {
             let mut part = parts.buffer().await;
             seen.insert(part.bytes.as_ptr() as usize);
+            assert_eq!(
+                part.bytes.as_ptr() as usize % DIRECT_ALIGN,
+                0,
+                "part {i}: an aligned buffer, reused or new"
+            );
             part.bytes.resize(1024, i);
             upload.send(part).await.expect("send");
         }

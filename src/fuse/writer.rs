@@ -3,7 +3,7 @@
 //!
 //! A file written from empty front to back (a copy, a download) is uploaded while it is
 //! written: once it passes [`MULTIPART_THRESHOLD`], each completed part goes up while the writer
-//! continues, at most [`PARTS_IN_FLIGHT`] at a time, each from a copy made as it was written
+//! continues, at most [`PARTS_IN_FLIGHT`] at a time, each from the buffer it was written into
 //! (see `part`; part buffers come from the mount's budget, see `upload`). The first write that lands before what was
 //! sent (a seek back, a truncate) gives that up: the started upload is aborted and the file goes
 //! up whole at the flush. Either way the object exists only when the flush finishes, and a flush
@@ -28,7 +28,6 @@ use object_store::path::Path as ObjectPath;
 
 use super::error::FsError;
 use super::objects::{Objects, Posix};
-use super::part::Part;
 use super::staging::{MemoryBudget, Staging};
 use super::upload::{PartBuf, Parts, Upload};
 
@@ -65,12 +64,12 @@ impl Scratch {
 enum Stream {
     /// Not streaming: the flush uploads the staged bytes whole.
     Off,
-    /// Streaming to `key` with `posix`; parts before `part` are handed to `upload`.
+    /// Streaming to `key` with `posix`; the parts before `start` are handed to `upload`.
     On {
         key: ObjectPath,
         posix: Posix,
         upload: Option<Upload>,
-        part: Part,
+        start: u64,
     },
 }
 
@@ -136,7 +135,7 @@ impl Writer {
                 key,
                 posix,
                 upload: None,
-                part: Part::new(&scratch.parts),
+                start: 0,
             },
         }
     }
@@ -186,22 +185,35 @@ impl Writer {
         offset: u64,
         data: &[u8],
     ) -> Result<(), FsError> {
+        if let Stream::On { start, .. } = self.stream
+            && offset == start
+        {
+            self.hold_part(start);
+        }
         self.staging.write_at(data, offset, &self.scratch.dir)?;
         self.dirty = true;
         self.stream_parts(objects, offset, data).await;
         Ok(())
     }
 
+    /// Holds the part beginning at `start` in a buffer while it fills, if one is spare.
+    fn hold_part(&mut self, start: u64) {
+        if self.staging.holds_part() {
+            return;
+        }
+        if let Some(buf) = self.scratch.parts.spare() {
+            self.staging.hold(start, buf, PART_SIZE);
+        }
+    }
+
     /// Truncates or extends to `size`.
     pub async fn set_len(&mut self, size: u64) -> Result<(), FsError> {
         self.staging.set_len(size, &self.scratch.dir)?;
         self.dirty = true;
-        if let Stream::On { part, .. } = &mut self.stream {
-            if size < part.start() {
-                self.give_up().await;
-            } else {
-                part.resized(size);
-            }
+        if let Stream::On { start, .. } = self.stream
+            && size < start
+        {
+            self.give_up().await;
         }
         Ok(())
     }
@@ -209,14 +221,13 @@ impl Writer {
     /// Streaming's part of a write of `data` at `offset`. Its failures only give streaming
     /// up: the flush uploads the file whole.
     async fn stream_parts(&mut self, objects: &Objects, offset: u64, data: &[u8]) {
-        let Stream::On { part, .. } = &mut self.stream else {
+        let Stream::On { start, .. } = self.stream else {
             return;
         };
-        if offset < part.start() {
+        if offset < start {
             self.give_up().await;
             return;
         }
-        part.wrote(offset, data);
         // Only what lies before the write position is final: a writer may still fill a hole
         // it left behind.
         let complete = offset + data.len() as u64;
@@ -228,12 +239,13 @@ impl Writer {
                 key,
                 posix,
                 upload,
-                part,
+                start,
             } = &mut self.stream
             else {
                 return;
             };
-            if complete - part.start() < PART_SIZE as u64 {
+            let at = *start;
+            if complete - at < PART_SIZE as u64 {
                 return;
             }
             if upload.is_none() {
@@ -246,12 +258,31 @@ impl Writer {
                     }
                 }
             }
-            let (at, copied) = part.take(offset, data);
-            let bytes = match copied {
-                Some(bytes) => Ok(bytes),
-                None => Self::staged_part(&self.staging, &self.scratch.parts, at, PART_SIZE).await,
+            *start += PART_SIZE as u64;
+            let next = *start;
+            let bytes = match self.staging.take(at, PART_SIZE) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => {
+                    Self::staged_part(&self.staging, &self.scratch.parts, at, PART_SIZE).await
+                }
+                Err(e) => Err(e.into()),
             };
-            let Some(upload) = upload.as_mut() else {
+            // What the write put in the next part starts it (the file has those bytes too).
+            if offset < next && next < complete {
+                self.hold_part(next);
+                let skip = (next - offset) as usize;
+                if let Err(e) = self
+                    .staging
+                    .write_at(&data[skip..], next, &self.scratch.dir)
+                {
+                    tracing::debug!(error = %e, "staging the next part");
+                }
+            }
+            let Stream::On {
+                upload: Some(upload),
+                ..
+            } = &mut self.stream
+            else {
                 return;
             };
             let sent = match bytes {
@@ -373,20 +404,23 @@ impl Writer {
             key: streamed_key,
             posix: streamed_posix,
             upload: Some(mut upload),
-            mut part,
+            start: sent,
         } = stream
         {
-            let sent = part.start();
             // A rename or chmod since the upload started: the object goes up whole again.
             if streamed_key != *key || streamed_posix != posix || len < sent {
                 upload.abort().await;
             } else {
-                let rest = match part.last(len) {
-                    Some(copy) if copy.bytes.is_empty() => Ok(()),
-                    Some(copy) => upload.send(copy).await.map_err(FsError::from),
-                    None => {
-                        Self::send_from(&self.staging, &self.scratch.parts, &mut upload, sent, len)
-                            .await
+                let rest = if len == sent {
+                    Ok(())
+                } else {
+                    match self.staging.take(sent, (len - sent) as usize) {
+                        Ok(Some(part)) => upload.send(part).await.map_err(FsError::from),
+                        Ok(None) => {
+                            let parts = &self.scratch.parts;
+                            Self::send_from(&self.staging, parts, &mut upload, sent, len).await
+                        }
+                        Err(e) => Err(e.into()),
                     }
                 };
                 if let Err(e) = rest {
