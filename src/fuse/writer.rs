@@ -399,7 +399,21 @@ impl Writer {
         only_new: bool,
     ) -> Result<(u64, Option<String>), FsError> {
         let len = self.staging.size()?;
-        let stream = std::mem::replace(&mut self.stream, Stream::Off);
+        let stream = match std::mem::replace(&mut self.stream, Stream::Off) {
+            // No part sent yet: the file goes up whole now and goes on streaming after, to the
+            // key and with the attributes of this upload. A new file is often flushed before
+            // its first write (a shell's `> file` closes a duplicate of the descriptor).
+            Stream::On { upload: None, .. } => {
+                self.stream = Stream::On {
+                    key: key.clone(),
+                    posix,
+                    upload: None,
+                    start: 0,
+                };
+                Stream::Off
+            }
+            stream => stream,
+        };
         if let Stream::On {
             key: streamed_key,
             posix: streamed_posix,
@@ -580,6 +594,37 @@ mod tests {
             .expect("upload");
         let got = body(&t.store, &key).await.expect("object");
         assert_eq!((&got[..4], got.len()), (&b"head"[..], 20 << 20));
+    }
+
+    #[tokio::test]
+    async fn a_flush_before_the_first_write_keeps_the_file_streaming() {
+        // A shell's `> file` opens the file, duplicates the descriptor and closes the first:
+        // the kernel flushes the new, empty file before the command writes a byte.
+        let t = setup();
+        let key = ObjectPath::from("redirected");
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
+        let up = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("empty upload");
+        assert_eq!(size_of(&up), Some(0));
+        let want = varied(20 << 20, 3);
+        for (i, chunk) in want.chunks(1 << 20).enumerate() {
+            w.write(&t.objects, (i as u64) << 20, chunk)
+                .await
+                .expect("write");
+        }
+        assert_eq!(
+            t.store.multipart_starts.load(Ordering::SeqCst),
+            1,
+            "the upload started while writing"
+        );
+        let up = w
+            .upload(&t.objects, &key, posix(0o644), &t.lost)
+            .await
+            .expect("upload");
+        assert_eq!(size_of(&up), Some(20 << 20));
+        assert!(body(&t.store, &key).await.expect("object") == want);
     }
 
     /// Bytes that differ at every offset, so a part sent from the wrong place shows.
