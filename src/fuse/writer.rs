@@ -557,6 +557,22 @@ mod tests {
         }
     }
 
+    /// Uploads `w` as `key` (mode 0644), which must succeed.
+    async fn upload(t: &Setup, w: &mut Writer, key: &ObjectPath) -> Uploaded {
+        w.upload(&t.objects, key, posix(0o644), &t.lost)
+            .await
+            .expect("upload")
+    }
+
+    /// Asserts that one multipart upload has started (while the file was being written).
+    fn streamed(t: &Setup) {
+        assert_eq!(
+            t.store.multipart_starts.load(Ordering::SeqCst),
+            1,
+            "the upload started while writing"
+        );
+    }
+
     #[tokio::test]
     async fn a_file_written_in_order_streams_its_parts_and_a_seek_back_uploads_it_whole() {
         let t = setup();
@@ -566,22 +582,10 @@ mod tests {
         for i in 0..20u64 {
             w.write(&t.objects, i << 20, &chunk).await.expect("write");
         }
-        assert_eq!(
-            t.store.multipart_starts.load(Ordering::SeqCst),
-            1,
-            "the upload started while writing"
-        );
-        let up = w
-            .upload(&t.objects, &key, posix(0o644), &t.lost)
-            .await
-            .expect("upload");
-        assert_eq!(size_of(&up), Some(20 << 20));
+        streamed(&t);
+        assert_eq!(size_of(&upload(&t, &mut w, &key).await), Some(20 << 20));
         assert_eq!(body(&t.store, &key).await.map(|b| b.len()), Some(20 << 20));
-        let again = w
-            .upload(&t.objects, &key, posix(0o644), &t.lost)
-            .await
-            .expect("clean");
-        assert_eq!(again, Uploaded::Clean);
+        assert_eq!(upload(&t, &mut w, &key).await, Uploaded::Clean);
 
         let key = ObjectPath::from("rewritten");
         let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
@@ -603,27 +607,15 @@ mod tests {
         let t = setup();
         let key = ObjectPath::from("redirected");
         let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
-        let up = w
-            .upload(&t.objects, &key, posix(0o644), &t.lost)
-            .await
-            .expect("empty upload");
-        assert_eq!(size_of(&up), Some(0));
+        assert_eq!(size_of(&upload(&t, &mut w, &key).await), Some(0));
         let want = varied(20 << 20, 3);
         for (i, chunk) in want.chunks(1 << 20).enumerate() {
             w.write(&t.objects, (i as u64) << 20, chunk)
                 .await
                 .expect("write");
         }
-        assert_eq!(
-            t.store.multipart_starts.load(Ordering::SeqCst),
-            1,
-            "the upload started while writing"
-        );
-        let up = w
-            .upload(&t.objects, &key, posix(0o644), &t.lost)
-            .await
-            .expect("upload");
-        assert_eq!(size_of(&up), Some(20 << 20));
+        streamed(&t);
+        assert_eq!(size_of(&upload(&t, &mut w, &key).await), Some(20 << 20));
         assert!(body(&t.store, &key).await.expect("object") == want);
     }
 
