@@ -82,7 +82,8 @@ pub struct Staging {
     budget: MemoryBudget,
     /// A part over the file (only when the bytes are in a file).
     part: Option<Part>,
-    /// Whether to try direct I/O for aligned parts: false once the file system refused it.
+    /// Whether to try direct I/O for aligned parts: false once the file system refused it or a
+    /// direct write ran too slow (see [`too_slow`]).
     direct: bool,
 }
 
@@ -171,7 +172,8 @@ impl Staging {
             match write_direct(file, data, at) {
                 Ok(()) => {
                     if too_slow(data.len(), began.elapsed()) {
-                        // The writer waits for this write; the page cache would not make it.
+                        // The writer waited for this write; a copy into the page cache
+                        // would have cost it less.
                         tracing::debug!(bytes = data.len(), elapsed = ?began.elapsed(), "direct write to staging too slow: staging this file through the page cache");
                         self.direct = false;
                     }
