@@ -373,6 +373,62 @@ async fn renaming_onto_an_existing_file_replaces_it(backend: Backend) {
     .expect("rename");
 }
 
+/// What one descriptor writes, another of the same mount reads, and overwriting a file
+/// (`> file`: `open(O_TRUNC)` of a file with bytes) is no conflict with the mount's own truncation.
+async fn descriptors_of_one_mount_see_each_others_writes_and_overwrites_stay(backend: Backend) {
+    use std::os::unix::fs::FileExt;
+    let w = World::start(backend).await;
+    let m = w.mount("").await;
+    let t = m.target.clone();
+    tokio::task::spawn_blocking(move || {
+        for size in [8 << 10, 4 << 20] {
+            let path = t.join(format!("f{size}"));
+            std::fs::write(&path, vec![b'a'; size]).expect("write");
+            let reader = std::fs::File::open(&path).expect("open for reading");
+            let mut head = [0u8; 4];
+            reader.read_exact_at(&mut head, 0).expect("read");
+            assert_eq!(&head, b"aaaa");
+            let writer = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open for writing");
+            writer.write_all_at(b"BBBB", 0).expect("write");
+            writer.write_all_at(b"CCCC", 4096).expect("write");
+            reader.read_exact_at(&mut head, 0).expect("read");
+            assert_eq!(&head, b"BBBB", "{size}: a write not yet uploaded");
+            close(writer).expect("close the writer");
+            reader.read_exact_at(&mut head, 4096).expect("read");
+            assert_eq!(&head, b"CCCC", "{size}: after the writer's close");
+            drop(reader);
+            // Overwritten in place, twice (the second time over a version this mount wrote).
+            for text in ["new", "newer"] {
+                std::fs::write(&path, text).expect("overwrite");
+                assert_eq!(std::fs::read(&path).expect("read back"), text.as_bytes());
+            }
+        }
+    })
+    .await
+    .expect("descriptors");
+    use futures_util::StreamExt;
+    for size in [8 << 10, 4 << 20] {
+        let got = w
+            .bucket
+            .store
+            .get(&ObjectPath::from(format!("k8s/vol-a/f{size}")))
+            .await
+            .expect("object");
+        assert_eq!(&got.bytes().await.expect("body")[..], b"newer");
+    }
+    let lost_prefix =
+        ObjectPath::parse(format!("k8s/.s3files-lost+found-{}", w.fs)).expect("prefix");
+    let lost: Vec<_> = w.bucket.store.list(Some(&lost_prefix)).collect().await;
+    assert!(
+        lost.is_empty(),
+        "nothing in lost+found: {lost:?}\n{}",
+        m.log()
+    );
+}
+
 async fn second_user(emu: &RunningEmulator, fs: &str, uid: u32) -> String {
     emu.cloud()
         .create_access_point(&NewAccessPoint {
@@ -743,6 +799,7 @@ on_both_backends!(
     two_mounts_of_one_volume_see_each_others_writes_after_close,
     two_mounts_appending_to_one_file_lose_no_line,
     renaming_onto_an_existing_file_replaces_it,
+    descriptors_of_one_mount_see_each_others_writes_and_overwrites_stay,
     close_waits_for_an_upload_another_close_started,
     ownership_modes_symlinks_and_times_are_kept_and_enforced_as_the_access_point_user,
     a_large_file_rewritten_behind_its_uploaded_parts_is_still_right,

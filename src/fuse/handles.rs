@@ -19,6 +19,8 @@ use super::writer::Writer;
 
 pub enum Access {
     Read {
+        /// The object's ETag when this handle was opened: `body` is that version's.
+        etag: Option<String>,
         /// A small file's whole content, read by the lookup before this open.
         body: Option<Bytes>,
         /// Read-ahead, for handles without a body on remote buckets.
@@ -174,6 +176,15 @@ impl Handles {
             .filter(|h| h.ino == ino && matches!(h.access, Access::Write(_)))
             .cloned()
             .collect()
+    }
+
+    /// The handle last opened for writing `ino`: what this mount reads of it while it is open.
+    pub fn newest_writer(&self, ino: u64) -> Option<Arc<FileHandle>> {
+        locked(&self.files)
+            .iter()
+            .filter(|(_, h)| h.ino == ino && matches!(h.access, Access::Write(_)))
+            .max_by_key(|(fh, _)| **fh)
+            .map(|(_, h)| h.clone())
     }
 
     /// Whether a handle open for writing holds `ino`'s newest bytes.

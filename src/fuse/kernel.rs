@@ -193,6 +193,9 @@ impl Filesystem for Kernel {
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
         );
+        // `open(O_TRUNC)` as one call, the open with its flag: the file starts empty in its
+        // writer instead of being downloaded whole, truncated and uploaded empty first.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         Ok(())
     }
 

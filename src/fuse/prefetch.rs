@@ -205,6 +205,8 @@ pub struct Prefetch {
     single_rate: Option<f64>,
     /// Parallel windows tried so far in the trial under way.
     trial_windows: u8,
+    /// The object version (ETag) read: what is held of another is dropped.
+    version: Option<String>,
     /// Streams started and reads served by their own ranged GET (checked by the tests).
     streams: u64,
     ranged: u64,
@@ -222,6 +224,7 @@ impl Prefetch {
             behind_end: None,
             single_rate: None,
             trial_windows: 0,
+            version: None,
             streams: 0,
             ranged: 0,
         }
@@ -236,6 +239,15 @@ impl Prefetch {
     ) -> object_store::Result<Bytes> {
         self.ranged += 1;
         store.get_range(key, range).await
+    }
+
+    /// Reads from now on are of the object's version `etag`: bytes held of an earlier one
+    /// (the file was written since) are dropped.
+    pub fn follow(&mut self, etag: Option<&str>) {
+        if self.version.as_deref() != etag {
+            self.reset();
+            self.version = etag.map(str::to_owned);
+        }
     }
 
     fn reset(&mut self) {

@@ -98,9 +98,14 @@ impl ObjectFs {
             let body = self.dirs.take_body(ino);
             let prefetch = (body.is_none() && !self.objects.is_local())
                 .then(|| tokio::sync::Mutex::new(Prefetch::new(&self.read_ahead)));
-            Access::Read { body, prefetch }
+            Access::Read {
+                etag: node.etag.clone(),
+                body,
+                prefetch,
+            }
         } else if truncate || node.size == 0 {
             if truncate {
+                self.dirs.drop_body(ino);
                 self.inodes.update(ino, |n| {
                     n.size = 0;
                     n.posix.mtime = None;
@@ -139,20 +144,36 @@ impl ObjectFs {
         Ok((stat, fh))
     }
 
+    /// Reads through handle `fh`. What this mount wrote is what it reads: while `ino` is open
+    /// for writing here, a reader reads the newest writer's staged bytes, and once those are
+    /// uploaded (the ETag changed), a body or read-ahead of the version opened is not used.
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
-        let prefetch = match &handle.access {
-            Access::Write(writer) => return Ok(writer.lock().await.read(offset, size)?.into()),
-            Access::Read {
-                body: Some(body), ..
-            } => {
-                let start = (offset as usize).min(body.len());
-                let end = (start + size as usize).min(body.len());
-                return Ok(body.slice(start..end));
-            }
-            Access::Read { prefetch, .. } => prefetch,
+        let writer = match &handle.access {
+            Access::Write(_) => Some(handle.clone()),
+            Access::Read { .. } => self.handles.newest_writer(ino),
+        };
+        if let Some(writer) = writer
+            && let Access::Write(writer) = &writer.access
+        {
+            return Ok(writer.lock().await.read(offset, size)?.into());
+        }
+        let Access::Read {
+            etag,
+            body,
+            prefetch,
+        } = &handle.access
+        else {
+            return Err(FsError::BadHandle);
         };
         let node = self.node(ino)?;
+        if let Some(body) = body
+            && node.etag == *etag
+        {
+            let start = (offset as usize).min(body.len());
+            let end = (start + size as usize).min(body.len());
+            return Ok(body.slice(start..end));
+        }
         if offset >= node.size {
             return Ok(Bytes::new());
         }
@@ -161,6 +182,7 @@ impl ObjectFs {
         match prefetch {
             Some(prefetch) => {
                 let mut prefetch = prefetch.lock().await;
+                prefetch.follow(node.etag.as_deref());
                 let got = prefetch
                     .read(self.objects.store(), &key, offset..end, node.size)
                     .await?;
@@ -206,6 +228,7 @@ impl ObjectFs {
             .await?
         {
             self.dirs.note(&node.path, Some((Kind::File, size)));
+            self.dirs.drop_body(handle.ino);
             self.inodes.update(handle.ino, |n| {
                 n.size = size;
                 n.mtime = SystemTime::now();
@@ -259,6 +282,18 @@ impl ObjectFs {
                 // ftruncate: the open for writing was the permission check.
                 Some(Access::Write(writer)) => writer.lock().await.set_len(size).await?,
                 Some(Access::Read { .. }) => return Err(FsError::BadHandle),
+                // Open for writing here (the kernel truncates an `open(O_TRUNC)` after the open,
+                // with no handle): the writers hold the file's newest bytes and upload the cut
+                // with them. A separate upload would be a version they did not start from, a
+                // conflict at their close.
+                None if self.handles.writing(ino) => {
+                    user.check(&node.posix, W)?;
+                    for handle in self.handles.writers_of(ino) {
+                        if let Access::Write(writer) = &handle.access {
+                            writer.lock().await.set_len(size).await?;
+                        }
+                    }
+                }
                 None => {
                     user.check(&node.posix, W)?;
                     let mut writer = if size == 0 || node.size == 0 {

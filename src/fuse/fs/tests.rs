@@ -26,16 +26,26 @@ async fn fs_over(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
 }
 
 async fn fs_with(store: Arc<Counted>, user: Option<User>) -> (ObjectFs, tempfile::TempDir) {
-    fs_of(Objects::new(store, None, None).expect("objects"), user).await
+    fs_of(Objects::new(store, None, None).expect("objects"), user, 0).await
+}
+
+/// As [`fs_over`], with read-ahead memory for one stream.
+async fn fs_reading_ahead(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
+    let objects = Objects::new(store, None, None).expect("objects");
+    fs_of(objects, None, crate::fuse::prefetch::STREAM_SHARE).await
 }
 
 /// As [`fs_over`], listing `store` in pages of [`PAGE_KEYS`] keys as S3 does.
 async fn fs_paged(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
     let objects = Objects::new(store.clone(), None, Some(store)).expect("objects");
-    fs_of(objects, None).await
+    fs_of(objects, None, 0).await
 }
 
-async fn fs_of(objects: Objects, user: Option<User>) -> (ObjectFs, tempfile::TempDir) {
+async fn fs_of(
+    objects: Objects,
+    user: Option<User>,
+    read_ahead: u64,
+) -> (ObjectFs, tempfile::TempDir) {
     let staging = tempfile::tempdir().expect("staging");
     let identity = Identity {
         user,
@@ -43,7 +53,15 @@ async fn fs_of(objects: Objects, user: Option<User>) -> (ObjectFs, tempfile::Tem
         default_gid: 0,
     };
     let lost_found = ObjectPath::from(".s3files-lost+found-fs-test");
-    let fs = ObjectFs::new(objects, "", identity, staging.path(), 0, lost_found).await;
+    let fs = ObjectFs::new(
+        objects,
+        "",
+        identity,
+        staging.path(),
+        read_ahead,
+        lost_found,
+    )
+    .await;
     (fs, staging)
 }
 
@@ -589,6 +607,59 @@ async fn a_file_is_written_streamed_read_back_and_truncated() {
 }
 
 #[tokio::test]
+async fn a_reader_sees_what_another_descriptor_of_this_mount_writes() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_reading_ahead(store.clone()).await;
+    let c = &ROOT_CALLER;
+    // A small file (its body kept by the lookup) and one read through read-ahead.
+    let small = write_file(&fs, c, "small", &[b'a'; 8192]).await;
+    let big = write_file(&fs, c, "big", &vec![b'a'; 4 << 20]).await;
+    // The second lookup in a directory lists it; a listed small file's lookup keeps its body.
+    fs.lookup(c, ROOT, n("big")).await.expect("lookup");
+    for (name, ino) in [("small", small.ino), ("big", big.ino)] {
+        fs.lookup(c, ROOT, n(name)).await.expect("lookup");
+        let reader = fs.open(c, ino, 0).await.expect("open for reading");
+        // Read-ahead streams what follows a first read from the start.
+        assert_eq!(
+            &fs.read(ino, reader, 0, 4096).await.expect("read")[..4],
+            b"aaaa"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let writer = fs.open(c, ino, 1).await.expect("open for writing");
+        fs.write(ino, writer, 0, b"BBBB").await.expect("write");
+        fs.write(ino, writer, 4096, b"CCCC").await.expect("write");
+        assert_eq!(
+            &fs.read(ino, reader, 0, 4).await.expect("read")[..],
+            b"BBBB",
+            "{name}: a write not yet uploaded"
+        );
+        fs.release(writer).await.expect("close the writer");
+        assert_eq!(
+            &fs.read(ino, reader, 4096, 4).await.expect("read")[..],
+            b"CCCC",
+            "{name}: after the writer's upload"
+        );
+        assert_eq!(
+            &fs.read(ino, reader, 0, 4).await.expect("read")[..],
+            b"BBBB"
+        );
+        fs.release(reader).await.expect("close the reader");
+    }
+    // A body a lookup kept is of the version it read: an overwrite here (`open(O_TRUNC)`)
+    // leaves it unused.
+    let kept = write_file(&fs, c, "kept", b"old").await;
+    fs.lookup(c, ROOT, n("kept")).await.expect("lookup");
+    let writer = fs.open(c, kept.ino, 1 | 0o1000).await.expect("overwrite");
+    fs.write(kept.ino, writer, 0, b"new!").await.expect("write");
+    fs.release(writer).await.expect("close");
+    let reader = fs.open(c, kept.ino, 0).await.expect("open for reading");
+    assert_eq!(
+        &fs.read(kept.ino, reader, 0, 10).await.expect("read")[..],
+        b"new!"
+    );
+}
+
+#[tokio::test]
 async fn a_file_unlinked_while_open_is_not_uploaded() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
@@ -674,8 +745,16 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
     fs.release(fh).await.expect("close");
     assert_eq!(fs.conflicts(), 0);
     assert_eq!(body(&store, "f").await.as_deref(), Some(&b"two"[..]));
+    // `open(O_TRUNC)` of a file with bytes, in the kernel's order: the open, then a truncation
+    // with no handle (a shell's `> f`).
     let fh = fs.open(c, stat.ino, 1).await.expect("open");
-    fs.write(stat.ino, fh, 3, b"!").await.expect("write");
+    fs.setattr(c, stat.ino, cut).await.expect("truncate");
+    fs.write(stat.ino, fh, 0, b"three").await.expect("write");
+    fs.release(fh).await.expect("close");
+    assert_eq!(fs.conflicts(), 0);
+    assert_eq!(body(&store, "f").await.as_deref(), Some(&b"three"[..]));
+    let fh = fs.open(c, stat.ino, 1).await.expect("open");
+    fs.write(stat.ino, fh, 5, b"!").await.expect("write");
     put(&store, "f", 5).await;
     fs.release(fh).await.expect("close");
     assert_eq!(fs.conflicts(), 1);
