@@ -24,16 +24,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use super::part::Part;
 use super::upload::{DIRECT_ALIGN, PartBuf};
-
-/// Slowest direct write to staging kept, in bytes a second: 8 MiB parts in 16 ms. Here a
-/// direct write ran at 0.8-2 GB/s; parts go up at 150-200 MiB/s.
-const DIRECT_MIN_RATE: f64 = 512.0 * 1024.0 * 1024.0;
 
 /// Largest file staged in memory.
 pub const MEMORY_PER_FILE: u64 = 1 << 20;
@@ -82,8 +77,7 @@ pub struct Staging {
     budget: MemoryBudget,
     /// A part over the file (only when the bytes are in a file).
     part: Option<Part>,
-    /// Whether to try direct I/O for aligned parts: false once the file system refused it or a
-    /// direct write ran too slow (see [`too_slow`]).
+    /// Whether to try direct I/O for aligned parts: false once the file system refused it.
     direct: bool,
 }
 
@@ -168,17 +162,8 @@ impl Staging {
             && aligned(at as usize)
             && aligned(data.len())
         {
-            let began = Instant::now();
             match write_direct(file, data, at) {
-                Ok(()) => {
-                    if too_slow(data.len(), began.elapsed()) {
-                        // The writer waited for this write; a copy into the page cache
-                        // would have cost it less.
-                        tracing::debug!(bytes = data.len(), elapsed = ?began.elapsed(), "direct write to staging too slow: staging this file through the page cache");
-                        self.direct = false;
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 // Refused (a file system without direct I/O, or other alignment rules): the
                 // page cache it is, from now on.
                 Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => self.direct = false,
@@ -311,14 +296,6 @@ impl Staging {
             Place::File(_) => None,
         }
     }
-}
-
-/// Whether a direct write of `bytes` that took `elapsed` shows a staging disk too slow for
-/// it: below [`DIRECT_MIN_RATE`], a part costs its writer more than the copy into the page cache
-/// would (a busy or throttled disk), and the disk is written later or never (a staging file
-/// dropped within the kernel's writeback delay is not written at all).
-fn too_slow(bytes: usize, elapsed: Duration) -> bool {
-    elapsed.as_secs_f64() * DIRECT_MIN_RATE > bytes as f64
 }
 
 /// Reads up to `buf.len()` bytes of `file` at `offset`; fewer at its end.
@@ -517,15 +494,6 @@ mod tests {
         let err = write_direct(&file, &buf.bytes[1..], 1).expect_err("unaligned");
         assert_eq!(err.raw_os_error(), Some(nix::libc::EINVAL));
         assert_eq!(flags(), before, "restored after a refusal too");
-    }
-
-    #[test]
-    fn a_direct_write_slower_than_the_page_cache_would_be_is_given_up() {
-        let part = 8 << 20;
-        assert!(!too_slow(part, Duration::from_millis(4)), "2 GiB/s");
-        assert!(!too_slow(part, Duration::from_millis(15)));
-        assert!(too_slow(part, Duration::from_millis(17)));
-        assert!(too_slow(part, Duration::from_millis(80)), "100 MiB/s");
     }
 
     #[test]
