@@ -39,8 +39,6 @@ pub struct Kernel {
     fs: Arc<ObjectFs>,
     runtime: tokio::runtime::Handle,
     buffers: WriteBuffers,
-    /// Whether write-only opens bypass the page cache (see [`Kernel::caching`]).
-    direct_writes: bool,
 }
 
 /// Buffers that carry a write's bytes from the FUSE thread to its task, reused: a write is up
@@ -74,23 +72,6 @@ impl Kernel {
             fs: Arc::new(fs),
             runtime,
             buffers: WriteBuffers::default(),
-            direct_writes: false,
-        }
-    }
-
-    /// How the kernel is to treat a file opened with `flags`. A write-only descriptor gets
-    /// direct I/O: its writes come to the daemon from the writer's own buffer, instead of
-    /// being copied into page-cache pages that nothing reads through it (a write-only
-    /// descriptor can neither read nor be mapped); measured, the writer's system time for
-    /// 1 GiB went from 0.4 s to 0.08 s. Only on kernels that drop other descriptors' cached
-    /// pages of the range a direct write changes: those offering `FUSE_DIRECT_IO_ALLOW_MMAP`
-    /// (6.6 and later), so a reader of the file still sees each write. Every other open keeps
-    /// the page cache, for read-ahead, re-reads and `mmap`.
-    fn caching(&self, flags: i32) -> FopenFlags {
-        if self.direct_writes && flags & nix::libc::O_ACCMODE == nix::libc::O_WRONLY {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
         }
     }
 
@@ -195,9 +176,9 @@ fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), Errno>) {
     }
 }
 
-fn opened(reply: ReplyOpen, flags: FopenFlags) -> impl FnOnce(Result<u64, Errno>) {
+fn opened(reply: ReplyOpen) -> impl FnOnce(Result<u64, Errno>) {
     move |r| match r {
-        Ok(fh) => reply.opened(FileHandle(fh), flags),
+        Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
         Err(e) => reply.error(e),
     }
 }
@@ -215,9 +196,6 @@ impl Filesystem for Kernel {
         // `open(O_TRUNC)` as one call, the open with its flag: the file starts empty in its
         // writer instead of being downloaded whole, truncated and uploaded empty first.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
-        self.direct_writes = config
-            .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
-            .is_ok();
         Ok(())
     }
 
@@ -413,7 +391,7 @@ impl Filesystem for Kernel {
         self.spawn(
             "open",
             move |fs| async move { fs.open(&c, ino.0, flags.0).await },
-            opened(reply, self.caching(flags.0)),
+            opened(reply),
         );
     }
 
@@ -424,19 +402,22 @@ impl Filesystem for Kernel {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         let (c, name) = (caller(req), name.to_owned());
         let mode = mode & !(umask & 0o777);
-        let caching = self.caching(flags);
         self.spawn(
             "create",
             move |fs| async move { fs.create(&c, parent.0, &name, mode).await },
             move |r| match r {
-                Ok((stat, fh)) => {
-                    reply.created(&TTL, &attr(&stat), Generation(0), FileHandle(fh), caching)
-                }
+                Ok((stat, fh)) => reply.created(
+                    &TTL,
+                    &attr(&stat),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(e),
             },
         );
@@ -543,7 +524,7 @@ impl Filesystem for Kernel {
         self.spawn(
             "opendir",
             move |fs| async move { fs.opendir(&c, ino.0).await },
-            opened(reply, FopenFlags::empty()),
+            opened(reply),
         );
     }
 
