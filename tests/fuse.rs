@@ -396,6 +396,10 @@ async fn descriptors_of_one_mount_see_each_others_writes_and_overwrites_stay(bac
             writer.write_all_at(b"CCCC", 4096).expect("write");
             reader.read_exact_at(&mut head, 0).expect("read");
             assert_eq!(&head, b"BBBB", "{size}: a write not yet uploaded");
+            // Again through the same descriptor, over what the reader now holds.
+            writer.write_all_at(b"EEEE", 0).expect("write");
+            reader.read_exact_at(&mut head, 0).expect("read");
+            assert_eq!(&head, b"EEEE", "{size}: a second write over a page read");
             close(writer).expect("close the writer");
             reader.read_exact_at(&mut head, 4096).expect("read");
             assert_eq!(&head, b"CCCC", "{size}: after the writer's close");
