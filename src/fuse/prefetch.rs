@@ -734,12 +734,18 @@ mod tests {
         let mut p = Prefetch::new(&budget);
         read_all(&mut p, (&store, &key, &data)).await;
         assert!(!budget.parallel(), "the parallel window lost");
-        // One trial window of ranges, then one stream (ranged from where it stood) to the end.
-        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 4 + 1);
+        // One trial window of ranges (up to [`TRIAL_WINDOWS`] when a loaded machine slows the
+        // paced stream into the inconclusive band), then one stream (ranged from where it
+        // stood) to the end.
+        let tried = counted.ranged_gets.load(Ordering::SeqCst);
+        assert!(
+            (4 + 1..=4 * usize::from(TRIAL_WINDOWS) + 1).contains(&tried),
+            "{tried} ranged GETs"
+        );
         // The mount does not try again.
         let mut q = Prefetch::new(&budget);
         read_all(&mut q, (&store, &key, &data)).await;
-        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 5);
+        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), tried);
         assert_eq!(counted.whole_gets.load(Ordering::SeqCst), 2);
     }
 
