@@ -256,12 +256,20 @@ impl User {
         }
         Ok(out)
     }
+}
 
-    /// Whether a write by this user clears the file's set-user/group-ID bits: what the kernel
-    /// asks for when the writer lacks privilege.
-    pub fn clears_ids_on_write(&self, p: &Posix) -> bool {
-        !self.is_root() && p.file_type() == S_IFREG && p.mode & (S_ISUID | S_ISGID) != 0
+/// The attributes of `p` after a write by a process without `CAP_FSETID`: a regular file loses
+/// set-user-ID, and set-group-ID where the group may execute (without group execute the bit
+/// marks mandatory locking and stays), as the kernel's `should_remove_suid` decides.
+pub fn after_unprivileged_write(p: &Posix) -> Posix {
+    let mut out = *p;
+    if p.file_type() == S_IFREG {
+        out.mode &= !S_ISUID;
+        if out.mode & S_IXGRP != 0 {
+            out.mode &= !S_ISGID;
+        }
     }
+    out
 }
 
 /// A time a setattr asks for.
@@ -494,5 +502,23 @@ mod tests {
                 .may_unlink(&posix(0, 0, S_IFDIR | 0o755), &posix(1000, 1000, S_IFREG))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn an_unprivileged_write_drops_set_ids_as_the_kernel_would() {
+        let cases = [
+            (S_IFREG | 0o4777, 0o777),
+            // Set-group-ID goes only with group execute; without it, it marks locking.
+            (S_IFREG | 0o6755, 0o755),
+            (S_IFREG | 0o2745, 0o2745),
+            (S_IFREG | 0o644, 0o644),
+            // Only regular files.
+            (S_IFDIR | 0o2775, 0o2775),
+        ];
+        for (mode, want) in cases {
+            let after = after_unprivileged_write(&posix(1000, 1000, mode));
+            assert_eq!(after.mode & 0o7777, want, "mode {mode:o}");
+            assert_eq!(after.mode & S_IFMT, mode & S_IFMT);
+        }
     }
 }

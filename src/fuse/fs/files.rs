@@ -8,7 +8,7 @@ use bytes::Bytes;
 use object_store::ObjectStoreExt;
 
 use super::{ObjectFs, Stat};
-use crate::fuse::access::{Caller, R, Time, W};
+use crate::fuse::access::{Caller, R, Time, W, after_unprivileged_write};
 use crate::fuse::error::FsError;
 use crate::fuse::handles::{Access, FileHandle};
 use crate::fuse::inodes::{Kind, Node};
@@ -192,11 +192,29 @@ impl ObjectFs {
         }
     }
 
-    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+    /// Writes `data` at `offset` through `fh`. `unprivileged`: the writing process lacks
+    /// `CAP_FSETID` (the kernel's `FUSE_WRITE_KILL_SUIDGID`, sent with direct writes, which
+    /// leave clearing set-user/group-ID to the file system), so the write drops those bits.
+    pub async fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        unprivileged: bool,
+    ) -> Result<u32, FsError> {
         let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
         let Access::Write(writer) = &handle.access else {
             return Err(FsError::BadHandle);
         };
+        if unprivileged {
+            let node = self.node(ino)?;
+            let mut posix = after_unprivileged_write(&node.posix);
+            if posix != node.posix {
+                posix.ctime = Some(SystemTime::now());
+                self.store_posix(ino, &node, posix).await?;
+            }
+        }
         writer
             .lock()
             .await

@@ -87,7 +87,7 @@ fn n(s: &str) -> &OsStr {
 /// Writes `data` to a new file `name` in the root and closes it.
 async fn write_file(fs: &ObjectFs, c: &Caller, name: &str, data: &[u8]) -> Stat {
     let (stat, fh) = fs.create(c, ROOT, n(name), 0o644).await.expect("create");
-    fs.write(stat.ino, fh, 0, data).await.expect("write");
+    fs.write(stat.ino, fh, 0, data, false).await.expect("write");
     fs.release(fh).await.expect("release");
     stat
 }
@@ -367,7 +367,7 @@ async fn renaming_directories_follows_posix() {
     let c = &ROOT_CALLER;
     let d = fs.mkdir(c, ROOT, n("d"), 0o755).await.expect("d").ino;
     let (f, fh) = fs.create(c, d, n("f"), 0o644).await.expect("f");
-    fs.write(f.ino, fh, 0, b"data").await.expect("write");
+    fs.write(f.ino, fh, 0, b"data", false).await.expect("write");
     fs.release(fh).await.expect("close");
     let empty = fs
         .mkdir(c, ROOT, n("empty"), 0o700)
@@ -479,6 +479,57 @@ async fn sticky_directories_and_permissions_guard_removal() {
     assert!(fs.inodes.get(f.ino).is_none());
 }
 
+/// A direct write reaches the daemon with the kernel's request to drop set-user/group-ID when
+/// the writer lacks privilege; the bits go, are stored with the data, and a privileged write
+/// keeps them.
+#[tokio::test]
+async fn a_write_without_privilege_drops_set_ids_and_stores_the_mode() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_over(store.clone()).await;
+    let bob = Caller {
+        uid: 2000,
+        gid: 2000,
+        pid: 0,
+    };
+    let (f, fh) = fs
+        .create(&ROOT_CALLER, ROOT, n("tool"), 0o777)
+        .await
+        .expect("create");
+    fs.release(fh).await.expect("close");
+    let chmod = SetAttr {
+        mode: Some(0o6777),
+        ..SetAttr::default()
+    };
+    fs.setattr(&ROOT_CALLER, f.ino, chmod).await.expect("chmod");
+    let fh = fs
+        .open(&ROOT_CALLER, f.ino, nix::libc::O_WRONLY)
+        .await
+        .expect("root opens");
+    fs.write(f.ino, fh, 0, b"root", false).await.expect("write");
+    fs.release(fh).await.expect("close");
+    assert_eq!(
+        fs.getattr(f.ino).await.expect("stat").node.posix.perm(),
+        0o6777
+    );
+    let fh = fs
+        .open(&bob, f.ino, nix::libc::O_WRONLY)
+        .await
+        .expect("bob opens");
+    fs.write(f.ino, fh, 0, b"bob!", true).await.expect("write");
+    assert_eq!(
+        fs.getattr(f.ino).await.expect("stat").node.posix.perm(),
+        0o777
+    );
+    fs.release(fh).await.expect("close");
+    let (fresh, _staging) = fs_over(store.clone()).await;
+    let st = fresh
+        .lookup(&ROOT_CALLER, ROOT, n("tool"))
+        .await
+        .expect("tool");
+    assert_eq!(st.node.posix.perm(), 0o777, "the stored mode");
+    assert_eq!(body(&store, "tool").await.as_deref(), Some(&b"bob!"[..]));
+}
+
 #[tokio::test]
 async fn chmod_chown_and_times_follow_the_rules_and_are_stored() {
     let store = Arc::new(Counted::default());
@@ -578,7 +629,7 @@ async fn a_file_is_written_streamed_read_back_and_truncated() {
     );
     fs.release(fh).await.expect("close");
     let fh = fs.open(c, stat.ino, 1).await.expect("open for writing");
-    fs.write(stat.ino, fh, 5, b"!").await.expect("write");
+    fs.write(stat.ino, fh, 5, b"!", false).await.expect("write");
     assert_eq!(
         &fs.read(stat.ino, fh, 0, 100).await.expect("own writes")[..],
         b"hello!world"
@@ -626,8 +677,12 @@ async fn a_reader_sees_what_another_descriptor_of_this_mount_writes() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
         let writer = fs.open(c, ino, 1).await.expect("open for writing");
-        fs.write(ino, writer, 0, b"BBBB").await.expect("write");
-        fs.write(ino, writer, 4096, b"CCCC").await.expect("write");
+        fs.write(ino, writer, 0, b"BBBB", false)
+            .await
+            .expect("write");
+        fs.write(ino, writer, 4096, b"CCCC", false)
+            .await
+            .expect("write");
         assert_eq!(
             &fs.read(ino, reader, 0, 4).await.expect("read")[..],
             b"BBBB",
@@ -650,7 +705,9 @@ async fn a_reader_sees_what_another_descriptor_of_this_mount_writes() {
     let kept = write_file(&fs, c, "kept", b"old").await;
     fs.lookup(c, ROOT, n("kept")).await.expect("lookup");
     let writer = fs.open(c, kept.ino, 1 | 0o1000).await.expect("overwrite");
-    fs.write(kept.ino, writer, 0, b"new!").await.expect("write");
+    fs.write(kept.ino, writer, 0, b"new!", false)
+        .await
+        .expect("write");
     fs.release(writer).await.expect("close");
     let reader = fs.open(c, kept.ino, 0).await.expect("open for reading");
     assert_eq!(
@@ -665,7 +722,7 @@ async fn a_file_unlinked_while_open_is_not_uploaded() {
     let (fs, _staging) = fs_over(store.clone()).await;
     let c = &ROOT_CALLER;
     let (stat, fh) = fs.create(c, ROOT, n("gone"), 0o644).await.expect("create");
-    fs.write(stat.ino, fh, 0, b"x").await.expect("write");
+    fs.write(stat.ino, fh, 0, b"x", false).await.expect("write");
     fs.unlink(c, ROOT, n("gone"))
         .await
         .expect("unlink before any upload");
@@ -741,7 +798,9 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
     };
     fs.setattr(c, stat.ino, chmod).await.expect("chmod");
     let fh = fs.open(c, stat.ino, 1).await.expect("open");
-    fs.write(stat.ino, fh, 0, b"two").await.expect("write");
+    fs.write(stat.ino, fh, 0, b"two", false)
+        .await
+        .expect("write");
     fs.release(fh).await.expect("close");
     assert_eq!(fs.conflicts(), 0);
     assert_eq!(body(&store, "f").await.as_deref(), Some(&b"two"[..]));
@@ -749,12 +808,14 @@ async fn this_mounts_own_changes_are_never_conflicts_but_another_clients_are() {
     // with no handle (a shell's `> f`).
     let fh = fs.open(c, stat.ino, 1).await.expect("open");
     fs.setattr(c, stat.ino, cut).await.expect("truncate");
-    fs.write(stat.ino, fh, 0, b"three").await.expect("write");
+    fs.write(stat.ino, fh, 0, b"three", false)
+        .await
+        .expect("write");
     fs.release(fh).await.expect("close");
     assert_eq!(fs.conflicts(), 0);
     assert_eq!(body(&store, "f").await.as_deref(), Some(&b"three"[..]));
     let fh = fs.open(c, stat.ino, 1).await.expect("open");
-    fs.write(stat.ino, fh, 5, b"!").await.expect("write");
+    fs.write(stat.ino, fh, 5, b"!", false).await.expect("write");
     put(&store, "f", 5).await;
     fs.release(fh).await.expect("close");
     assert_eq!(fs.conflicts(), 1);
