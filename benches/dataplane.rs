@@ -27,7 +27,16 @@
 //! through the read) and CPU time per GiB written and read (what the mount costs the node,
 //! steadier than throughput on a busy machine). `S3FILES_BENCH_BIN=PATH` mounts with another
 //! build of ours, to compare two builds on one machine.
+//!
+//! The sequential rows also say what they cost the whole machine (CPU seconds per GiB, every
+//! process and the kernel, and the share of the machine busy). Each round first measures the
+//! FUSE floor: 1 GiB written to and read from a file system that does nothing
+//! (`support/null_fuse.rs`), the least CPU any FUSE client spends moving the bytes. From these
+//! it prints the CPU ceiling: the fastest a FUSE client could write or read relative to the
+//! best raw client if the machine's CPU is what holds that client back ([`ceiling`]).
 
+#[path = "support/null_fuse.rs"]
+mod null_fuse;
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
 
@@ -146,6 +155,15 @@ struct Figures {
     /// CPU time (user + system) the daemon spent per GiB of the sequential write and read.
     cpu_write: Option<f64>,
     cpu_read: Option<f64>,
+    /// What the sequential write and read cost the whole machine: every process and the
+    /// kernel, the server included ([`Run`]).
+    machine_write: Run,
+    machine_read: Run,
+    /// Raw only: the FUSE floor (machine CPU s/GiB through a file system that does nothing,
+    /// `support/null_fuse.rs`) and the CPU-bound ceiling of a FUSE client against the best raw
+    /// client ([`ceiling`]), for the write and the read.
+    floor: [Option<f64>; 2],
+    ceiling: [Option<f64>; 2],
     /// Requests the tool made in each row (by row label), where the server counts them.
     requests: BTreeMap<&'static str, Counts>,
 }
@@ -410,7 +428,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     std::fs::create_dir_all(dir.join("small"))?;
     let c = raw.tally.now();
     let cpu = daemon.and_then(cpu_seconds);
-    let t = Instant::now();
+    let span = Span::start();
     let mut file = std::fs::File::create(dir.join("big.bin"))?;
     let mut left = size;
     while left > 0 {
@@ -420,7 +438,8 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     }
     drop(file);
     raw.wait_for(&format!("{key_base}/big.bin"), size)?;
-    f.write_mbs = Some(mbs(size, t.elapsed()));
+    f.machine_write = span.end(size);
+    f.write_mbs = Some(f.machine_write.mbs);
     f.cpu_write = per_gib(cpu, daemon.and_then(cpu_seconds), size);
     let write_peak = daemon.and_then(|pid| memory_mib(pid, "VmHWM"));
     raw.tally.row(&mut f, WRITE, &c);
@@ -449,7 +468,7 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let c = raw.tally.now();
     let reader = daemon_of(&m);
     let cpu = reader.and_then(cpu_seconds);
-    let t = Instant::now();
+    let span = Span::start();
     let mut file = std::fs::File::open(dir.join("big.bin"))?;
     let mut chunk = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -466,7 +485,8 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     }
     anyhow::ensure!(total == size, "read {total} of {size} bytes");
     anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
-    f.read_mbs = Some(mbs(size, t.elapsed()));
+    f.machine_read = span.end(size);
+    f.read_mbs = Some(f.machine_read.mbs);
     f.cpu_read = per_gib(cpu, reader.and_then(cpu_seconds), size);
     drop(file);
     let read_peak = daemon_of(&m).and_then(|pid| memory_mib(pid, "VmHWM"));
@@ -564,26 +584,39 @@ s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=key_id,
                   aws_secret_access_key=secret, region_name="us-east-1")
 cfg = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=8 << 20,
                      max_concurrency=4, use_threads=True)
+def ticks():
+    t = [int(v) for v in open("/proc/stat").readline().split()[1:8]]
+    busy = t[0] + t[1] + t[2] + t[5] + t[6]
+    return busy, busy + t[3] + t[4]
+def run(transfer):
+    (b0, a0), t = ticks(), time.monotonic()
+    transfer()
+    elapsed, (b1, a1) = time.monotonic() - t, ticks()
+    return "%f %f %f" % (size / (1 << 20) / elapsed, (b1 - b0) / 100 / (size / (1 << 30)),
+                         (b1 - b0) / max(a1 - a0, 1))
 with tempfile.NamedTemporaryFile() as f:
     block = os.urandom(1 << 20)
     for _ in range(size >> 20):
         f.write(block)
     f.flush()
-    t = time.monotonic()
-    s3.upload_file(f.name, bucket, "boto3/big.bin", Config=cfg)
-    write = size / (1 << 20) / (time.monotonic() - t)
+    write = run(lambda: s3.upload_file(f.name, bucket, "boto3/big.bin", Config=cfg))
 class Sink:
     def write(self, b):
         return len(b)
-t = time.monotonic()
-s3.download_fileobj(bucket, "boto3/big.bin", Sink(), Config=cfg)
-read = size / (1 << 20) / (time.monotonic() - t)
+read = run(lambda: s3.download_fileobj(bucket, "boto3/big.bin", Sink(), Config=cfg))
 print(write, read)
 "#;
 
 /// boto3's write and read figures against the server at `url`, if boto3 is installed.
-fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(f64, f64)> {
-    let out = Command::new("python3")
+fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(Run, Run)> {
+    // The test tools' virtualenv has boto3 (moto brings it); the system Python may not.
+    let venv = Path::new("/opt/s3files-csi-tools/bin/python3");
+    let python = if venv.exists() {
+        venv
+    } else {
+        Path::new("python3")
+    };
+    let out = Command::new(python)
         .args(["-c", BOTO3, url, bucket, KEY_ID, SECRET, &size.to_string()])
         .output()
         .ok()?;
@@ -598,8 +631,17 @@ fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(f64, f64)> {
         return None;
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut figures = text.split_whitespace().filter_map(|v| v.parse().ok());
-    Some((figures.next()?, figures.next()?))
+    let mut figures = text
+        .split_whitespace()
+        .filter_map(|v| v.parse::<f64>().ok());
+    let mut run = || {
+        Some(Run {
+            mbs: figures.next()?,
+            cpu: figures.next(),
+            busy: figures.next(),
+        })
+    };
+    Some((run()?, run()?))
 }
 
 /// The ceiling: the same rows as plain S3 requests with the mount's parallelism. The write
@@ -611,13 +653,14 @@ async fn measure_raw(
     a: &Args,
     url: &str,
     bucket: &str,
+    floor: [Option<f64>; 2],
 ) -> anyhow::Result<Figures> {
     let mut f = Figures::default();
     let size = a.size_mib << 20;
     let buf = bytes::Bytes::from(pattern());
     let key = ObjectPath::from("raw/big.bin");
     let c = tally.now();
-    let t = Instant::now();
+    let span = Span::start();
     let upload = store.put_multipart(&key).await?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART as usize);
     let mut left = size;
@@ -628,14 +671,14 @@ async fn measure_raw(
         left -= n as u64;
     }
     writer.finish().await?;
-    f.write_mbs = Some(mbs(size, t.elapsed()));
+    let mut writes = vec![span.end(size)];
     tally.row(&mut f, WRITE, &c);
 
     // The mounts read after a remount with the page cache dropped, which also drops moto's copy
     // of the object (moto keeps values above 5 MiB in temporary files): raw reads the same way.
     drop_caches();
     let c = tally.now();
-    let t = Instant::now();
+    let span = Span::start();
     let ranges: Vec<_> = (0..size.div_ceil(PART))
         .map(|i| i * PART..((i + 1) * PART).min(size))
         .collect();
@@ -650,35 +693,62 @@ async fn measure_raw(
         .into_iter()
         .sum::<Result<u64, _>>()?;
     anyhow::ensure!(total == size, "raw read {total} of {size}");
-    let ranged = mbs(size, t.elapsed());
+    let ranged = span.end(size);
     // The other way to read: one streaming GET. Some servers (moto) pay per request in
     // proportion to the object size, so the ceiling is the better of the two.
     drop_caches();
-    let t = Instant::now();
+    let span = Span::start();
     let mut body = store.get(&key).await?.into_stream();
     let mut total = 0u64;
     while let Some(piece) = body.next().await {
         total += piece?.len() as u64;
     }
     anyhow::ensure!(total == size, "raw stream read {total} of {size}");
-    let streamed = mbs(size, t.elapsed());
-    println!(
-        "raw sequential read: {ranged:.1} MiB/s as {RAW_PARALLEL} parallel 8 MiB ranges, {streamed:.1} MiB/s as one streaming GET"
-    );
-    f.read_mbs = Some(ranged.max(streamed));
+    let streamed = span.end(size);
+    let mut reads = vec![ranged, streamed];
     drop_caches();
     let (url, bucket) = (url.to_owned(), bucket.to_owned());
     let boto3 = tokio::task::spawn_blocking(move || boto3_figures(&url, &bucket, size)).await?;
     if let Some((write, read)) = boto3 {
-        println!(
-            "raw write: {:.1} MiB/s by object_store, {write:.1} by boto3; read: {:.1} by object_store, {read:.1} by boto3",
-            f.write_mbs.unwrap_or(0.0),
-            ranged.max(streamed)
-        );
-        f.write_mbs = f.write_mbs.map(|w| w.max(write));
-        f.read_mbs = f.read_mbs.map(|r| r.max(read));
+        writes.push(write);
+        reads.push(read);
     }
-    // Both ways of reading.
+    let show = |r: &Run| {
+        format!(
+            "{:.1} MiB/s ({} CPU s/GiB, machine {} busy)",
+            r.mbs,
+            r.cpu.map_or("-".into(), |c| format!("{c:.2}")),
+            r.busy.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
+        )
+    };
+    println!(
+        "raw write: object_store {}{}",
+        show(&writes[0]),
+        writes
+            .get(1)
+            .map_or(String::new(), |b| format!(", boto3 {}", show(b)))
+    );
+    println!(
+        "raw read: object_store {} as {RAW_PARALLEL} parallel 8 MiB ranges, {} as one streaming GET{}",
+        show(&reads[0]),
+        show(&reads[1]),
+        reads
+            .get(2)
+            .map_or(String::new(), |b| format!(", boto3 {}", show(b)))
+    );
+    let fastest = |runs: &[Run]| {
+        runs.iter()
+            .copied()
+            .max_by(|a, b| a.mbs.total_cmp(&b.mbs))
+            .unwrap_or_default()
+    };
+    f.machine_write = fastest(&writes);
+    f.machine_read = fastest(&reads);
+    f.write_mbs = Some(f.machine_write.mbs);
+    f.read_mbs = Some(f.machine_read.mbs);
+    f.floor = floor;
+    f.ceiling = [ceiling(&writes, floor[0]), ceiling(&reads, floor[1])];
+    // Every way of reading.
     tally.row(&mut f, READ, &c);
 
     let c = tally.now();
@@ -772,6 +842,100 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 /// CPU seconds per GiB between two readings of `cpu_seconds`.
 fn per_gib(before: Option<f64>, after: Option<f64>, bytes: u64) -> Option<f64> {
     Some((after? - before?) / (bytes as f64 / f64::from(1 << 30)))
+}
+
+/// Machine-wide CPU clock ticks so far (all cores, from /proc/stat): busy (user, nice,
+/// system, irq, softirq) and available (busy, idle and iowait; time the hypervisor stole is
+/// in neither).
+#[derive(Clone, Copy)]
+struct Ticks {
+    busy: u64,
+    all: u64,
+}
+
+fn machine_cpu() -> Option<Ticks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let t: Vec<u64> = line
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let (user, nice, system, idle, iowait, irq, softirq) = (
+        *t.first()?,
+        *t.get(1)?,
+        *t.get(2)?,
+        *t.get(3)?,
+        *t.get(4)?,
+        *t.get(5)?,
+        *t.get(6)?,
+    );
+    let busy = user + nice + system + irq + softirq;
+    Some(Ticks {
+        busy,
+        all: busy + idle + iowait,
+    })
+}
+
+/// Machine CPU seconds per GiB of `bytes` since `before` (USER_HZ is 100).
+fn machine_cpu_per_gib(before: Option<Ticks>, bytes: u64) -> Option<f64> {
+    let (before, now) = (before?, machine_cpu()?);
+    per_gib(
+        Some(0.0),
+        Some((now.busy - before.busy) as f64 / 100.0),
+        bytes,
+    )
+}
+
+/// One timed transfer: its rate, the machine's CPU seconds per GiB moved, and the share of the
+/// machine's CPU that was busy meanwhile (1.0: every core, all the time).
+#[derive(Clone, Copy, Default, Debug)]
+struct Run {
+    mbs: f64,
+    cpu: Option<f64>,
+    busy: Option<f64>,
+}
+
+/// The start of a [`Run`].
+struct Span {
+    at: Instant,
+    ticks: Option<Ticks>,
+}
+
+impl Span {
+    fn start() -> Span {
+        Span {
+            ticks: machine_cpu(),
+            at: Instant::now(),
+        }
+    }
+
+    fn end(&self, bytes: u64) -> Run {
+        let elapsed = self.at.elapsed();
+        let now = machine_cpu();
+        let busy = match (self.ticks, now) {
+            (Some(a), Some(b)) if b.all > a.all => {
+                Some((b.busy - a.busy) as f64 / (b.all - a.all) as f64)
+            }
+            _ => None,
+        };
+        Run {
+            mbs: mbs(bytes, elapsed),
+            cpu: machine_cpu_per_gib(self.ticks, bytes),
+            busy,
+        }
+    }
+}
+
+/// How fast, at most, a FUSE client could go against the fastest of `raw` (one transfer by
+/// each raw client), as a ratio to it, if that client was held back by the machine's CPU. A
+/// FUSE client does at least what the cheapest raw client does per GiB (the same requests, and
+/// the server's work is the same) plus the FUSE `floor`, so with the machine's CPU as the
+/// limit it moves at most `capacity / (cheapest + floor)`; the fastest raw client moved
+/// `busy x capacity / its CPU`. `None` without CPU figures.
+fn ceiling(raw: &[Run], floor: Option<f64>) -> Option<f64> {
+    let best = raw.iter().max_by(|a, b| a.mbs.total_cmp(&b.mbs))?;
+    let cheapest = raw.iter().filter_map(|r| r.cpu).min_by(f64::total_cmp)?;
+    Some(best.cpu? / (best.busy? * (cheapest + floor?)))
 }
 
 /// A `VmRSS`/`RssAnon`/`VmHWM` figure of `pid`, in MiB.
@@ -1060,7 +1224,7 @@ struct Round {
 /// peer, ours vs raw.
 type Table = Vec<[Option<f64>; 6]>;
 
-const ROWS: [(&str, Row); 12] = [
+const ROWS: [(&str, Row); 20] = [
     ("sequential write (MiB/s)", |f| f.write_mbs),
     ("sequential read (MiB/s)", |f| f.read_mbs),
     ("small files created (files/s)", |f| f.create_fps),
@@ -1073,11 +1237,23 @@ const ROWS: [(&str, Row); 12] = [
     ("memory peak in read (MiB)", |f| f.memory.map(|m| m[2])),
     ("daemon CPU in write (s/GiB)", |f| f.cpu_write),
     ("daemon CPU in read (s/GiB)", |f| f.cpu_read),
+    ("machine CPU in write (s/GiB)", |f| f.machine_write.cpu),
+    ("machine CPU in read (s/GiB)", |f| f.machine_read.cpu),
+    ("machine busy in write (%)", |f| {
+        f.machine_write.busy.map(|b| b * 100.0)
+    }),
+    ("machine busy in read (%)", |f| {
+        f.machine_read.busy.map(|b| b * 100.0)
+    }),
+    ("FUSE floor, write (s/GiB)", |f| f.floor[0]),
+    ("FUSE floor, read (s/GiB)", |f| f.floor[1]),
+    ("CPU ceiling, write (x raw)", |f| f.ceiling[0]),
+    ("CPU ceiling, read (x raw)", |f| f.ceiling[1]),
 ];
 
 /// Rows where less is better: the best peer is the lowest.
 fn lower_is_better(label: &str) -> bool {
-    label.starts_with("memory") || label.starts_with("daemon CPU")
+    label.starts_with("memory") || label.contains("CPU in")
 }
 
 impl Round {
@@ -1166,8 +1342,35 @@ fn print_table(title: &str, tables: &[Table]) {
     }
 }
 
+/// The FUSE floor of writing and of reading `size` bytes: the machine's CPU seconds per GiB
+/// through a file system that does nothing, the cheaper of with and without the page cache.
+fn fuse_floor(size: u64) -> [Option<f64>; 2] {
+    let mut best = [None::<f64>; 2];
+    for direct in [false, true] {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(_) => return best,
+        };
+        match null_fuse::floor(&dir.path().join("null"), size, direct) {
+            Ok((write, read)) => {
+                println!(
+                    "FUSE floor ({}): write {write:.2}, read {read:.2} machine CPU s/GiB",
+                    if direct { "direct I/O" } else { "page cache" }
+                );
+                for (b, v) in best.iter_mut().zip([write, read]) {
+                    *b = Some(b.map_or(v, |b: f64| b.min(v)));
+                }
+            }
+            Err(e) => println!("FUSE floor: not measured ({e:#})"),
+        }
+    }
+    best
+}
+
 /// Raw, then each tool in `order`, each against a fresh server.
 async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
+    eprintln!("FUSE floor...");
+    let floor = fuse_floor(a.size_mib << 20);
     eprintln!("raw...");
     // The ceiling is no system under test: one that fails (s3s-fs once refused a part under
     // load, ending a 3-round run) is measured again on a fresh server, once.
@@ -1185,6 +1388,7 @@ async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
             a,
             &boto3.url,
             &boto3.bucket,
+            floor,
         )
         .await;
         match measured {
