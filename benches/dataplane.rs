@@ -609,14 +609,7 @@ print(write, read)
 
 /// boto3's write and read figures against the server at `url`, if boto3 is installed.
 fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(Run, Run)> {
-    // The test tools' virtualenv has boto3 (moto brings it); the system Python may not.
-    let venv = Path::new("/opt/s3files-csi-tools/bin/python3");
-    let python = if venv.exists() {
-        venv
-    } else {
-        Path::new("python3")
-    };
-    let out = Command::new(python)
+    let out = Command::new("python3")
         .args(["-c", BOTO3, url, bucket, KEY_ID, SECRET, &size.to_string()])
         .output()
         .ok()?;
