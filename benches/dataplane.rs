@@ -869,16 +869,6 @@ fn machine_cpu() -> Option<Ticks> {
     })
 }
 
-/// Machine CPU seconds per GiB of `bytes` since `before` (USER_HZ is 100).
-fn machine_cpu_per_gib(before: Option<Ticks>, bytes: u64) -> Option<f64> {
-    let (before, now) = (before?, machine_cpu()?);
-    per_gib(
-        Some(0.0),
-        Some((now.busy - before.busy) as f64 / 100.0),
-        bytes,
-    )
-}
-
 /// One timed transfer: its rate, the machine's CPU seconds per GiB moved, and the share of the
 /// machine's CPU that was busy meanwhile (1.0: every core, all the time).
 #[derive(Clone, Copy, Default, Debug)]
@@ -902,18 +892,21 @@ impl Span {
         }
     }
 
+    /// The run since the start, `bytes` moved. CPU seconds are clock ticks over USER_HZ (100).
     fn end(&self, bytes: u64) -> Run {
         let elapsed = self.at.elapsed();
-        let now = machine_cpu();
-        let busy = match (self.ticks, now) {
-            (Some(a), Some(b)) if b.all > a.all => {
-                Some((b.busy - a.busy) as f64 / (b.all - a.all) as f64)
+        let (cpu, busy) = match (self.ticks, machine_cpu()) {
+            (Some(a), Some(b)) => {
+                let busy_ticks = (b.busy - a.busy) as f64;
+                let cpu = per_gib(Some(0.0), Some(busy_ticks / 100.0), bytes);
+                let busy = (b.all > a.all).then(|| busy_ticks / (b.all - a.all) as f64);
+                (cpu, busy)
             }
-            _ => None,
+            _ => (None, None),
         };
         Run {
             mbs: mbs(bytes, elapsed),
-            cpu: machine_cpu_per_gib(self.ticks, bytes),
+            cpu,
             busy,
         }
     }

@@ -136,16 +136,16 @@ pub fn floor(dir: &Path, size: u64, direct: bool) -> anyhow::Result<(f64, f64)> 
     );
     let _ = std::fs::write(knob, "1024");
     let block = vec![0xa5u8; 1 << 20];
-    let cpu = crate::machine_cpu();
+    let span = crate::Span::start();
     let mut out = std::fs::OpenOptions::new().write(true).open(&file)?;
     for _ in 0..size >> 20 {
         out.write_all(&block)?;
     }
     drop(out);
-    let write = crate::machine_cpu_per_gib(cpu, size);
+    let write = span.end(size).cpu;
     // What was written stays in the page cache (without direct I/O) and would be read from it.
     crate::drop_caches();
-    let cpu = crate::machine_cpu();
+    let span = crate::Span::start();
     let mut input = std::fs::File::open(&file)?;
     let mut chunk = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -157,7 +157,7 @@ pub fn floor(dir: &Path, size: u64, direct: bool) -> anyhow::Result<(f64, f64)> 
         total += n as u64;
     }
     anyhow::ensure!(total == size, "null read {total} of {size} bytes");
-    let read = crate::machine_cpu_per_gib(cpu, size);
+    let read = span.end(size).cpu;
     drop(input);
     drop(session);
     Ok((write.unwrap_or(f64::NAN), read.unwrap_or(f64::NAN)))

@@ -19,6 +19,16 @@ const ROOT_CALLER: Caller = Caller {
     gid: 0,
     pid: 0,
 };
+const ALICE: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+    pid: 0,
+};
+const BOB: Caller = Caller {
+    uid: 2000,
+    gid: 2000,
+    pid: 0,
+};
 
 /// A file system over `store` (bucket root), callers acting as themselves.
 async fn fs_over(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
@@ -432,16 +442,8 @@ async fn renaming_directories_follows_posix() {
 async fn sticky_directories_and_permissions_guard_removal() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
-    let alice = Caller {
-        uid: 1000,
-        gid: 1000,
-        pid: 0,
-    };
-    let bob = Caller {
-        uid: 2000,
-        gid: 2000,
-        pid: 0,
-    };
+    let alice = ALICE;
+    let bob = BOB;
     let tmp = fs
         .mkdir(&ROOT_CALLER, ROOT, n("tmp"), 0o1777)
         .await
@@ -486,11 +488,7 @@ async fn sticky_directories_and_permissions_guard_removal() {
 async fn a_write_without_privilege_drops_set_ids_and_stores_the_mode() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
-    let bob = Caller {
-        uid: 2000,
-        gid: 2000,
-        pid: 0,
-    };
+    let bob = BOB;
     let (f, fh) = fs
         .create(&ROOT_CALLER, ROOT, n("tool"), 0o777)
         .await
@@ -534,16 +532,8 @@ async fn a_write_without_privilege_drops_set_ids_and_stores_the_mode() {
 async fn chmod_chown_and_times_follow_the_rules_and_are_stored() {
     let store = Arc::new(Counted::default());
     let (fs, _staging) = fs_over(store.clone()).await;
-    let alice = Caller {
-        uid: 1000,
-        gid: 1000,
-        pid: 0,
-    };
-    let bob = Caller {
-        uid: 2000,
-        gid: 2000,
-        pid: 0,
-    };
+    let alice = ALICE;
+    let bob = BOB;
     let open = fs
         .mkdir(&ROOT_CALLER, ROOT, n("open"), 0o777)
         .await
