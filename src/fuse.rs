@@ -25,6 +25,7 @@ mod kernel;
 pub mod objects;
 mod part;
 pub mod prefetch;
+mod segments;
 pub mod staging;
 #[cfg(test)]
 mod test_store;

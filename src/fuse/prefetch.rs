@@ -39,6 +39,8 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::segments::Segments;
+
 /// Bytes kept behind the furthest read for reads that arrive out of order. The kernel has up to
 /// `max_background` (12) read-ahead requests of up to 1 MiB in flight and FUSE threads take them
 /// in any order; with 4 MiB kept, a 16 MiB read-ahead window made most requests miss and reset
@@ -165,11 +167,13 @@ impl Drop for Stream {
 }
 
 /// Fetches `range` of `key` as ranged GETs of [`SEGMENT`] bytes, [`PARALLEL`] at a time,
-/// sending them in order; stops at the first error or when the reader is gone.
+/// each into a buffer from `buffers`, sending them in order; stops at the first error or when
+/// the reader is gone.
 async fn fetch_ranges(
     store: Arc<dyn ObjectStore>,
     key: ObjectPath,
     range: Range<u64>,
+    buffers: Segments,
     tx: mpsc::Sender<object_store::Result<Bytes>>,
 ) {
     let segments = (range.start..range.end)
@@ -177,8 +181,19 @@ async fn fetch_ranges(
         .map(move |at| at..(at + SEGMENT).min(range.end));
     let mut fetched = futures_util::stream::iter(segments)
         .map(|segment| {
-            let (store, key) = (store.clone(), key.clone());
-            async move { store.get_range(&key, segment).await }
+            let (store, key, buffers) = (store.clone(), key.clone(), buffers.clone());
+            async move {
+                let mut buf = buffers.buffer((segment.end - segment.start) as usize);
+                let opts = GetOptions {
+                    range: Some(GetRange::Bounded(segment)),
+                    ..Default::default()
+                };
+                let mut body = store.get_opts(&key, opts).await?.into_stream();
+                while let Some(frame) = body.next().await {
+                    buf.extend_from_slice(&frame?);
+                }
+                Ok(buf.freeze())
+            }
         })
         .buffered(PARALLEL);
     while let Some(segment) = fetched.next().await {
@@ -207,6 +222,8 @@ pub struct Prefetch {
     trial_windows: u8,
     /// The object version (ETag) read: what is held of another is dropped.
     version: Option<String>,
+    /// Buffers of the segments fetched in parallel.
+    segments: Segments,
     /// Streams started and reads served by their own ranged GET (checked by the tests).
     streams: u64,
     ranged: u64,
@@ -225,6 +242,7 @@ impl Prefetch {
             single_rate: None,
             trial_windows: 0,
             version: None,
+            segments: Segments::default(),
             streams: 0,
             ranged: 0,
         }
@@ -254,6 +272,7 @@ impl Prefetch {
         self.stream = None;
         self.pending.clear();
         self.permit = None;
+        self.segments.release();
     }
 
     /// Starts a streaming GET from `start` to the end of the file; `continues` keeps what was
@@ -281,7 +300,8 @@ impl Prefetch {
             } else {
                 end.min(start + WINDOW)
             };
-            tokio::spawn(fetch_ranges(store, key, start..fetch_end, tx))
+            let buffers = self.segments.clone();
+            tokio::spawn(fetch_ranges(store, key, start..fetch_end, buffers, tx))
         } else {
             tokio::spawn(async move {
                 let range = (start > 0).then_some(GetRange::Bounded(start..end));
