@@ -12,13 +12,15 @@
 //! One stream is what some servers need (moto pays for each ranged GET with a copy of the whole
 //! object) and what others cannot feed fast enough (s3s-fs streams a body in 4 KiB pieces and
 //! tops out near 175 MiB/s; S3 gives one connection ~100 MB/s). So the stream watches its
-//! reader: when, after its first window, the reader spends most of a window waiting for it, the
-//! stream is the bottleneck, and read-ahead tries ranged GETs of [`SEGMENT`] bytes, [`PARALLEL`]
-//! at a time, delivered in order through the same channel. If that window is faster the mount
-//! keeps fetching in parallel from then on; if clearly not, it goes back to one stream and does
-//! not try again; a close call (see [`INCONCLUSIVE`]) tries up to two more windows. Measured before choosing the rule: on moto the reader waited 253 ms of the first
-//! window's 272 ms (the server loading the object) and not at all after; on s3s-fs it waited 89%
-//! of every window.
+//! reader: when the reader spends most of a window waiting for it, the stream is the
+//! bottleneck, and read-ahead tries ranged GETs of [`SEGMENT`] bytes, [`PARALLEL`] at a time,
+//! delivered in order through the same channel. If that window is faster the mount keeps
+//! fetching in parallel from then on; if clearly not, it goes back to one stream and does not
+//! try again; a close call (see [`INCONCLUSIVE`]) tries up to two more windows. A stream's
+//! first window is timed from its first piece, not from the request: on moto the reader waited
+//! 253 ms of the first window's 272 ms (the server loading the object) and not at all after; on
+//! s3s-fs it waited 89% of every window. So the trial begins 16 MiB into a file, and the mount
+//! knows its server 32 MiB in.
 //!
 //! Memory is bounded per mount: a stream holds one share of the mount's [`Budget`] (at most
 //! [`STREAM_AHEAD`] of body ahead of the reader and 16 MiB kept behind it), and a handle that
@@ -151,6 +153,8 @@ struct Stream {
     waited: Duration,
     /// Windows completed by this stream.
     windows: u32,
+    /// Whether the window's clock runs: a single stream's starts with its first piece.
+    flowing: bool,
 }
 
 impl Stream {
@@ -358,6 +362,7 @@ impl Prefetch {
             window_began: Instant::now(),
             waited: Duration::ZERO,
             windows: 0,
+            flowing: parallel,
         });
     }
 
@@ -373,15 +378,13 @@ impl Prefetch {
         let rate = stream.window_rate();
         let starved =
             stream.waited.as_secs_f64() > stream.window_began.elapsed().as_secs_f64() / 2.0;
-        // The first window pays for the first byte; judge the ones after.
-        let judged = stream.windows > 0;
         stream.windows += 1;
         stream.window_from = stream.next;
         stream.window_began = Instant::now();
         stream.waited = Duration::ZERO;
         let fetch = self.budget.fetch();
         match (stream.parallel, fetch) {
-            (false, UNTRIED) if judged && starved && stream.next < stream.end => {
+            (false, UNTRIED) if starved && stream.next < stream.end => {
                 tracing::debug!(
                     at = stream.next,
                     "read-ahead: the reader waits for its stream; trying ranged GETs"
@@ -523,6 +526,15 @@ impl Prefetch {
             match got {
                 Some(Ok(piece)) => {
                     stream.next += piece.len() as u64;
+                    if !stream.flowing {
+                        // A single stream's first window is timed from its first piece: the
+                        // wait for the first byte (moto loads the whole object first) says
+                        // nothing of how fast the stream then flows.
+                        stream.flowing = true;
+                        stream.window_from = stream.next;
+                        stream.window_began = Instant::now();
+                        stream.waited = Duration::ZERO;
+                    }
                     self.pending.push_back(piece);
                     if let Some(parallel) = self.judge() {
                         // Carry on from what was received, fetched the other way.
@@ -660,6 +672,9 @@ mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         store.put(&key, data.clone().into()).await.expect("put");
         let budget = Budget::new(4 * STREAM_SHARE);
+        // This reader waits for the stream (nothing else slows it), which would try ranges at
+        // the first window: the mount is taken to know already that one stream serves it.
+        budget.learn(SINGLE);
         let mut p = Prefetch::new(&budget);
         let mib = 1u64 << 20;
         let f = (&store, &key, &data[..]);
@@ -724,9 +739,9 @@ mod tests {
         let mut p = Prefetch::new(&budget);
         read_all(&mut p, (&store, &key, &data)).await;
         assert!(budget.parallel(), "the parallel window won");
-        // The first two windows came from one stream; the rest (40 MiB) in 4 MiB ranges.
+        // The first window came from one stream; the rest (56 MiB) in 4 MiB ranges.
         assert_eq!(counted.whole_gets.load(Ordering::SeqCst), 1);
-        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 10);
+        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 14);
         // The next file read on this mount fetches in parallel from the start.
         let mut q = Prefetch::new(&budget);
         read_all(&mut q, (&store, &key, &data)).await;
@@ -735,7 +750,7 @@ mod tests {
             1,
             "no single stream again"
         );
-        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 10 + 18);
+        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 14 + 18);
     }
 
     #[tokio::test]
