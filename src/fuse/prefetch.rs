@@ -40,6 +40,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::segments::Segments;
 
@@ -185,18 +186,18 @@ async fn fetch_ranges(
         .map(move |at| at..(at + SEGMENT).min(range.end));
     let mut fetched = futures_util::stream::iter(segments)
         .map(|segment| {
-            let (store, key, buffers) = (store.clone(), key.clone(), buffers.clone());
+            // Each range is received by a task of its own: the GETs in flight go on while this
+            // one waits for the reader to take a segment (a full channel), instead of the
+            // server waiting for them to be polled again.
+            let get = get_segment(store.clone(), key.clone(), segment, buffers.clone());
+            let task = AbortOnDropHandle::new(tokio::spawn(get));
             async move {
-                let mut buf = buffers.buffer((segment.end - segment.start) as usize);
-                let opts = GetOptions {
-                    range: Some(GetRange::Bounded(segment)),
-                    ..Default::default()
-                };
-                let mut body = store.get_opts(&key, opts).await?.into_stream();
-                while let Some(frame) = body.next().await {
-                    buf.extend_from_slice(&frame?);
-                }
-                Ok(buf.freeze())
+                task.await.unwrap_or_else(|e| {
+                    Err(object_store::Error::Generic {
+                        store: "read-ahead",
+                        source: Box::new(e),
+                    })
+                })
             }
         })
         .buffered(PARALLEL);
@@ -206,6 +207,25 @@ async fn fetch_ranges(
             return;
         }
     }
+}
+
+/// `range` of `key` in one GET, received into a buffer from `buffers`.
+async fn get_segment(
+    store: Arc<dyn ObjectStore>,
+    key: ObjectPath,
+    range: Range<u64>,
+    buffers: Segments,
+) -> object_store::Result<Bytes> {
+    let mut buf = buffers.buffer((range.end - range.start) as usize);
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(range)),
+        ..Default::default()
+    };
+    let mut body = store.get_opts(&key, opts).await?.into_stream();
+    while let Some(frame) = body.next().await {
+        buf.extend_from_slice(&frame?);
+    }
+    Ok(buf.freeze())
 }
 
 /// Read-ahead state of one open file.
@@ -751,6 +771,31 @@ mod tests {
             "no single stream again"
         );
         assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 14 + 18);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ranges_in_flight_arrive_while_the_reader_is_away() {
+        use std::sync::atomic::Ordering;
+        let pace = crate::fuse::test_store::Pace {
+            bytes_per_second: Some(64 << 20),
+            per_ranged_get: Duration::ZERO,
+        };
+        let (counted, store, key, data) = paced_store(pace, 40 << 20).await;
+        let budget = Budget::new(4 * STREAM_SHARE);
+        budget.learn(PARALLEL_RANGES);
+        let mut p = Prefetch::new(&budget);
+        check(&mut p, (&store, &key, &data), 0, 1 << 20).await;
+        // The reader holds the first segment; the second waits in the channel, the third to
+        // be sent, and the ranges after it are in flight. A reader that is slower than the
+        // server (its copies, the page cache) must not hold those back.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let delivered = counted.delivered.load(Ordering::SeqCst);
+        assert_eq!(
+            delivered,
+            (PARALLEL as u64 + 2) * SEGMENT,
+            "every range in flight was received"
+        );
+        read_all(&mut p, (&store, &key, &data)).await;
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! answers the way real servers do (a body delivered at a set rate per request, a fixed cost
 //! for each ranged GET).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -38,6 +39,8 @@ pub struct Counted {
     /// GETs without and with a range.
     pub whole_gets: AtomicUsize,
     pub ranged_gets: AtomicUsize,
+    /// Body bytes paced GETs have handed over.
+    pub delivered: Arc<AtomicU64>,
     /// HEADs (GETs of the head only).
     pub heads: AtomicUsize,
     /// Whole-object PUTs and multipart uploads started.
@@ -112,6 +115,7 @@ impl ObjectStore for Counted {
         let (meta, range, attributes) =
             (got.meta.clone(), got.range.clone(), got.attributes.clone());
         let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
+        let delivered = self.delivered.clone();
         let body = got
             .into_stream()
             .flat_map(|chunk| {
@@ -124,9 +128,15 @@ impl ObjectStore for Counted {
                 };
                 futures_util::stream::iter(pieces)
             })
-            .then(move |piece| async move {
-                tokio::time::sleep(pause).await;
-                piece
+            .then(move |piece| {
+                let delivered = delivered.clone();
+                async move {
+                    tokio::time::sleep(pause).await;
+                    if let Ok(bytes) = &piece {
+                        delivered.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                    }
+                    piece
+                }
             })
             .boxed();
         Ok(GetResult {
