@@ -17,6 +17,9 @@ use super::inodes::Kind;
 use super::prefetch::Prefetch;
 use super::writer::Writer;
 
+/// One per open file, inside its handle's `Arc`: the read side's few hundred bytes in place
+/// are not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum Access {
     Read {
         /// The object's ETag when this handle was opened: `body` is that version's.
@@ -26,7 +29,15 @@ pub enum Access {
         /// Read-ahead, for handles without a body on remote buckets.
         prefetch: Option<tokio::sync::Mutex<Prefetch>>,
     },
-    Write(tokio::sync::Mutex<Writer>),
+    /// Shared with a write in progress, which holds the lock from staging its bytes until
+    /// their parts are sent (see `ObjectFs::write_now`).
+    Write(Arc<tokio::sync::Mutex<Writer>>),
+}
+
+impl Access {
+    pub fn write(writer: Writer) -> Self {
+        Access::Write(Arc::new(tokio::sync::Mutex::new(writer)))
+    }
 }
 
 pub struct FileHandle {

@@ -43,7 +43,8 @@ pub struct Kernel {
     direct_writes: bool,
 }
 
-/// Buffers that carry a write's bytes from the FUSE thread to its task, reused: a write is up
+/// Buffers that carry the bytes of a write that cannot be staged at once (its file's writer
+/// busy, see `ObjectFs::write_now`) from the FUSE thread to its task, reused: a write is up
 /// to 1 MiB, which the allocator maps fresh each time (and the kernel zeroes) at the daemon's
 /// fixed mmap threshold. At most [`WriteBuffers::KEEP`] wait for reuse.
 #[derive(Clone, Default)]
@@ -193,6 +194,13 @@ fn entry(reply: ReplyEntry) -> impl FnOnce(Result<Stat, Errno>) {
 fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), Errno>) {
     move |r| match r {
         Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn written(reply: ReplyWrite) -> impl FnOnce(Result<u32, Errno>) {
+    move |r| match r {
+        Ok(n) => reply.written(n),
         Err(e) => reply.error(e),
     }
 }
@@ -477,9 +485,15 @@ impl Filesystem for Kernel {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let unprivileged = wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        // Staged from the request's own buffer when the file's writer is free; otherwise the
+        // bytes are copied for the write to wait with.
+        if let Some(rest) = self.fs.write_now(ino.0, fh.0, offset, data, unprivileged) {
+            self.spawn("write", move |_| rest, written(reply));
+            return;
+        }
         let buffers = self.buffers.clone();
         let data = buffers.copy_of(data);
-        let unprivileged = wf.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         self.spawn(
             "write",
             move |fs| async move {
@@ -487,10 +501,7 @@ impl Filesystem for Kernel {
                 buffers.give_back(data);
                 written
             },
-            move |r| match r {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e),
-            },
+            written(reply),
         );
     }
 

@@ -112,6 +112,18 @@ pub struct Writer {
     base: Base,
     /// Where this writer's uploads go after a conflict.
     diverted: Option<ObjectPath>,
+    /// Parts staged and taken out, not sent yet: [`Writer::send_due`] sends them.
+    due: Vec<Due>,
+    /// A streamed upload given up, to abort.
+    abandoned: Option<Upload>,
+}
+
+/// A complete part waiting to be sent.
+enum Due {
+    /// In the buffer it was filled in.
+    Held(PartBuf),
+    /// In the staged file, at this offset.
+    Staged(u64),
 }
 
 impl Writer {
@@ -131,6 +143,8 @@ impl Writer {
             dirty,
             base,
             diverted: None,
+            due: Vec::new(),
+            abandoned: None,
             stream: Stream::On {
                 key,
                 posix,
@@ -163,6 +177,8 @@ impl Writer {
             stream: Stream::Off,
             base,
             diverted: None,
+            due: Vec::new(),
+            abandoned: None,
         })
     }
 
@@ -179,12 +195,23 @@ impl Writer {
     }
 
     /// Stages `data` at `offset` and sends the parts it completed.
+    #[cfg(test)]
     pub async fn write(
         &mut self,
         objects: &Objects,
         offset: u64,
         data: &[u8],
     ) -> Result<(), FsError> {
+        self.stage(offset, data)?;
+        self.send_due(objects).await;
+        Ok(())
+    }
+
+    /// A write's first half, which never waits: stages `data` at `offset` and takes the
+    /// parts it completed out for [`Writer::send_due`], which the holder of this writer calls
+    /// before letting it go. Staging reads `data` here and keeps nothing of it, so the caller
+    /// can stage straight from the kernel's request.
+    pub fn stage(&mut self, offset: u64, data: &[u8]) -> Result<(), FsError> {
         if let Stream::On { start, .. } = self.stream
             && offset == start
         {
@@ -192,7 +219,7 @@ impl Writer {
         }
         self.staging.write_at(data, offset, &self.scratch.dir)?;
         self.dirty = true;
-        self.stream_parts(objects, offset, data).await;
+        self.take_parts(offset, data);
         Ok(())
     }
 
@@ -213,19 +240,20 @@ impl Writer {
         if let Stream::On { start, .. } = self.stream
             && size < start
         {
-            self.give_up().await;
+            self.abandon();
         }
+        self.settle().await;
         Ok(())
     }
 
-    /// Streaming's part of a write of `data` at `offset`. Its failures only give streaming
-    /// up: the flush uploads the file whole.
-    async fn stream_parts(&mut self, objects: &Objects, offset: u64, data: &[u8]) {
+    /// Streaming's part of staging `data` at `offset`: takes out the parts the write
+    /// completed. Its failures only give streaming up: the flush uploads the file whole.
+    fn take_parts(&mut self, offset: u64, data: &[u8]) {
         let Stream::On { start, .. } = self.stream else {
             return;
         };
         if offset < start {
-            self.give_up().await;
+            self.abandon();
             return;
         }
         // Only what lies before the write position is final: a writer may still fill a hole
@@ -234,39 +262,21 @@ impl Writer {
         if complete < MULTIPART_THRESHOLD {
             return;
         }
-        loop {
-            let Stream::On {
-                key,
-                posix,
-                upload,
-                start,
-            } = &mut self.stream
-            else {
-                return;
-            };
-            let at = *start;
-            if complete - at < PART_SIZE as u64 {
-                return;
-            }
-            if upload.is_none() {
-                match objects.put_multipart(key, *posix).await {
-                    Ok(started) => *upload = Some(Upload::new(started, PARTS_IN_FLIGHT)),
-                    Err(e) => {
-                        tracing::debug!(%key, error = %e, "streaming upload not started");
-                        self.stream = Stream::Off;
-                        return;
-                    }
+        let mut at = start;
+        while complete - at >= PART_SIZE as u64 {
+            let next = at + PART_SIZE as u64;
+            match self.staging.take(at, PART_SIZE) {
+                Ok(Some(buf)) => self.due.push(Due::Held(buf)),
+                Ok(None) => self.due.push(Due::Staged(at)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "streaming given up: the flush uploads the file whole");
+                    self.abandon();
+                    return;
                 }
             }
-            *start += PART_SIZE as u64;
-            let next = *start;
-            let bytes = match self.staging.take(at, PART_SIZE) {
-                Ok(Some(bytes)) => Ok(bytes),
-                Ok(None) => {
-                    Self::staged_part(&self.staging, &self.scratch.parts, at, PART_SIZE).await
-                }
-                Err(e) => Err(e.into()),
-            };
+            if let Stream::On { start, .. } = &mut self.stream {
+                *start = next;
+            }
             // What the write put in the next part starts it (the file has those bytes too).
             if offset < next && next < complete {
                 self.hold_part(next);
@@ -278,6 +288,37 @@ impl Writer {
                     tracing::debug!(error = %e, "staging the next part");
                 }
             }
+            at = next;
+        }
+    }
+
+    /// Sends the parts staging took out, starting the upload with the first. Its failures
+    /// only give streaming up, as [`Writer::take_parts`]'s do.
+    pub async fn send_due(&mut self, objects: &Objects) {
+        self.settle().await;
+        for due in std::mem::take(&mut self.due) {
+            let Stream::On {
+                key, posix, upload, ..
+            } = &mut self.stream
+            else {
+                return;
+            };
+            if upload.is_none() {
+                match objects.put_multipart(key, *posix).await {
+                    Ok(started) => *upload = Some(Upload::new(started, PARTS_IN_FLIGHT)),
+                    Err(e) => {
+                        tracing::debug!(%key, error = %e, "streaming upload not started");
+                        self.stream = Stream::Off;
+                        return;
+                    }
+                }
+            }
+            let bytes = match due {
+                Due::Held(buf) => Ok(buf),
+                Due::Staged(at) => {
+                    Self::staged_part(&self.staging, &self.scratch.parts, at, PART_SIZE).await
+                }
+            };
             let Stream::On {
                 upload: Some(upload),
                 ..
@@ -291,7 +332,8 @@ impl Writer {
             };
             if let Err(e) = sent {
                 tracing::debug!(error = %e, "streaming given up: the flush uploads the file whole");
-                self.give_up().await;
+                self.abandon();
+                self.settle().await;
                 return;
             }
         }
@@ -310,12 +352,22 @@ impl Writer {
         Ok(part)
     }
 
-    async fn give_up(&mut self) {
+    /// Gives streaming up: the parts not sent are dropped (staging has their bytes) and the
+    /// upload is left for [`Writer::settle`] to abort.
+    fn abandon(&mut self) {
+        self.due.clear();
         if let Stream::On {
             upload: Some(upload),
             ..
         } = std::mem::replace(&mut self.stream, Stream::Off)
         {
+            self.abandoned = Some(upload);
+        }
+    }
+
+    /// Aborts the upload streaming gave up.
+    async fn settle(&mut self) {
+        if let Some(upload) = self.abandoned.take() {
             upload.abort().await;
         }
     }
@@ -398,6 +450,7 @@ impl Writer {
         posix: Posix,
         only_new: bool,
     ) -> Result<(u64, Option<String>), FsError> {
+        self.send_due(objects).await;
         let len = self.staging.size()?;
         let stream = match std::mem::replace(&mut self.stream, Stream::Off) {
             // No part sent yet: the file goes up whole now and goes on streaming after, to the
@@ -493,7 +546,8 @@ impl Writer {
     /// Gives up the writer's bytes (its file was removed): a started upload is aborted and
     /// nothing is uploaded.
     pub async fn discard(&mut self) {
-        self.give_up().await;
+        self.abandon();
+        self.settle().await;
         self.dirty = false;
     }
 }
@@ -598,6 +652,24 @@ mod tests {
             .expect("upload");
         let got = body(&t.store, &key).await.expect("object");
         assert_eq!((&got[..4], got.len()), (&b"head"[..], 20 << 20));
+    }
+
+    #[tokio::test]
+    async fn staging_never_calls_the_store_and_what_it_completes_waits_for_send_due() {
+        let t = setup();
+        let key = ObjectPath::from("staged");
+        let mut w = Writer::empty(&t.scratch, key.clone(), posix(0o644), true, Base::Absent);
+        let want = varied(24 << 20, 5);
+        for (i, chunk) in want.chunks(1 << 20).enumerate() {
+            w.stage((i as u64) << 20, chunk).expect("stage");
+        }
+        assert_eq!(t.store.multipart_starts.load(Ordering::SeqCst), 0);
+        assert_eq!(w.due.len(), 3, "the parts before the write position");
+        w.send_due(&t.objects).await;
+        assert!(w.due.is_empty());
+        streamed(&t);
+        assert_eq!(size_of(&upload(&t, &mut w, &key).await), Some(24 << 20));
+        assert!(body(&t.store, &key).await.expect("object") == want);
     }
 
     #[tokio::test]

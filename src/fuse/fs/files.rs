@@ -1,11 +1,13 @@
 //! Opening, reading, writing and changing files.
 
 use std::ffi::OsStr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
+use tokio::sync::OwnedMutexGuard;
 
 use super::{ObjectFs, Stat};
 use crate::fuse::access::{Caller, R, Time, W, after_unprivileged_write};
@@ -111,13 +113,11 @@ impl ObjectFs {
                     n.posix.mtime = None;
                 });
             }
-            Access::Write(tokio::sync::Mutex::new(
-                self.writer_for(&node, truncate, None),
-            ))
+            Access::write(self.writer_for(&node, truncate, None))
         } else {
             let writer =
                 Writer::of_object(&self.objects, &self.key(&node.path), &self.scratch).await?;
-            Access::Write(tokio::sync::Mutex::new(writer))
+            Access::write(writer)
         };
         Ok(self.handles.open_file(FileHandle { ino, access }))
     }
@@ -139,7 +139,7 @@ impl ObjectFs {
         let writer = self.writer_for(&stat.node, true, Some(Base::Absent));
         let fh = self.handles.open_file(FileHandle {
             ino: stat.ino,
-            access: Access::Write(tokio::sync::Mutex::new(writer)),
+            access: Access::write(writer),
         });
         Ok((stat, fh))
     }
@@ -196,17 +196,14 @@ impl ObjectFs {
     /// `CAP_FSETID` (the kernel's `FUSE_WRITE_KILL_SUIDGID`, sent with direct writes, which
     /// leave clearing set-user/group-ID to the file system), so the write drops those bits.
     pub async fn write(
-        &self,
+        self: &Arc<Self>,
         ino: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
         unprivileged: bool,
     ) -> Result<u32, FsError> {
-        let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
-        let Access::Write(writer) = &handle.access else {
-            return Err(FsError::BadHandle);
-        };
+        let writer = self.writer_of(fh)?;
         if unprivileged {
             let node = self.node(ino)?;
             let mut posix = after_unprivileged_write(&node.posix);
@@ -215,17 +212,64 @@ impl ObjectFs {
                 self.store_posix(ino, &node, posix).await?;
             }
         }
-        writer
-            .lock()
-            .await
-            .write(&self.objects, offset, data)
-            .await?;
-        let end = offset + data.len() as u64;
-        self.inodes.update(ino, |n| {
-            n.size = n.size.max(end);
-            n.posix.mtime = None;
-        });
-        Ok(data.len() as u32)
+        let writer = writer.lock_owned().await;
+        self.staged(writer, ino, offset, data).await
+    }
+
+    /// [`ObjectFs::write`] begun on the caller's thread: when `fh`'s writer is free and the
+    /// write has no set-user/group-ID bits to clear, `data` is staged now and what is left
+    /// (sending the parts it completed) is returned, owning all it needs, so the caller need
+    /// not keep `data`. `None`: nothing was done; the caller writes a copy with `write`.
+    pub fn write_now(
+        self: &Arc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        unprivileged: bool,
+    ) -> Option<impl Future<Output = Result<u32, FsError>> + Send + 'static> {
+        let writer = self.writer_of(fh).ok()?;
+        if unprivileged {
+            let node = self.node(ino).ok()?;
+            if after_unprivileged_write(&node.posix) != node.posix {
+                return None;
+            }
+        }
+        let writer = writer.try_lock_owned().ok()?;
+        Some(self.staged(writer, ino, offset, data))
+    }
+
+    pub(super) fn writer_of(&self, fh: u64) -> Result<Arc<tokio::sync::Mutex<Writer>>, FsError> {
+        let handle = self.handles.file(fh).ok_or(FsError::BadHandle)?;
+        match &handle.access {
+            Access::Write(writer) => Ok(writer.clone()),
+            Access::Read { .. } => Err(FsError::BadHandle),
+        }
+    }
+
+    /// Stages `data` in `writer` now and returns the rest of the write: sending what it
+    /// completed, then the file's new size and mtime.
+    fn staged(
+        self: &Arc<Self>,
+        mut writer: OwnedMutexGuard<Writer>,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> impl Future<Output = Result<u32, FsError>> + Send + 'static {
+        let staged = writer.stage(offset, data);
+        let fs = self.clone();
+        let len = data.len();
+        async move {
+            staged?;
+            writer.send_due(&fs.objects).await;
+            drop(writer);
+            let end = offset + len as u64;
+            fs.inodes.update(ino, |n| {
+                n.size = n.size.max(end);
+                n.posix.mtime = None;
+            });
+            Ok(len as u32)
+        }
     }
 
     /// Uploads what `handle` wrote since its last upload; when this returns, it is in the

@@ -31,22 +31,22 @@ const BOB: Caller = Caller {
 };
 
 /// A file system over `store` (bucket root), callers acting as themselves.
-async fn fs_over(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
+async fn fs_over(store: Arc<Counted>) -> (Arc<ObjectFs>, tempfile::TempDir) {
     fs_with(store, None).await
 }
 
-async fn fs_with(store: Arc<Counted>, user: Option<User>) -> (ObjectFs, tempfile::TempDir) {
+async fn fs_with(store: Arc<Counted>, user: Option<User>) -> (Arc<ObjectFs>, tempfile::TempDir) {
     fs_of(Objects::new(store, None, None).expect("objects"), user, 0).await
 }
 
 /// As [`fs_over`], with read-ahead memory for one stream.
-async fn fs_reading_ahead(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
+async fn fs_reading_ahead(store: Arc<Counted>) -> (Arc<ObjectFs>, tempfile::TempDir) {
     let objects = Objects::new(store, None, None).expect("objects");
     fs_of(objects, None, crate::fuse::prefetch::STREAM_SHARE).await
 }
 
 /// As [`fs_over`], listing `store` in pages of [`PAGE_KEYS`] keys as S3 does.
-async fn fs_paged(store: Arc<Counted>) -> (ObjectFs, tempfile::TempDir) {
+async fn fs_paged(store: Arc<Counted>) -> (Arc<ObjectFs>, tempfile::TempDir) {
     let objects = Objects::new(store.clone(), None, Some(store)).expect("objects");
     fs_of(objects, None, 0).await
 }
@@ -55,7 +55,7 @@ async fn fs_of(
     objects: Objects,
     user: Option<User>,
     read_ahead: u64,
-) -> (ObjectFs, tempfile::TempDir) {
+) -> (Arc<ObjectFs>, tempfile::TempDir) {
     let staging = tempfile::tempdir().expect("staging");
     let identity = Identity {
         user,
@@ -72,7 +72,7 @@ async fn fs_of(
         lost_found,
     )
     .await;
-    (fs, staging)
+    (Arc::new(fs), staging)
 }
 
 async fn put(store: &Counted, key: &str, len: usize) {
@@ -95,7 +95,7 @@ fn n(s: &str) -> &OsStr {
 }
 
 /// Writes `data` to a new file `name` in the root and closes it.
-async fn write_file(fs: &ObjectFs, c: &Caller, name: &str, data: &[u8]) -> Stat {
+async fn write_file(fs: &Arc<ObjectFs>, c: &Caller, name: &str, data: &[u8]) -> Stat {
     let (stat, fh) = fs.create(c, ROOT, n(name), 0o644).await.expect("create");
     fs.write(stat.ino, fh, 0, data, false).await.expect("write");
     fs.release(fh).await.expect("release");
@@ -528,6 +528,46 @@ async fn a_write_without_privilege_drops_set_ids_and_stores_the_mode() {
     assert_eq!(body(&store, "tool").await.as_deref(), Some(&b"bob!"[..]));
 }
 
+/// A write is staged on the caller's thread when its file's writer is free (the kernel's
+/// buffer is not copied); a busy writer, or set-ID bits to clear first, leave it to `write`.
+#[tokio::test]
+async fn a_write_is_staged_at_once_when_nothing_has_to_wait() {
+    let store = Arc::new(Counted::default());
+    let (fs, _staging) = fs_over(store.clone()).await;
+    let (f, fh) = fs
+        .create(&ROOT_CALLER, ROOT, n("f"), 0o6777)
+        .await
+        .expect("create");
+    let rest = {
+        let request = b"hello".to_vec();
+        fs.write_now(f.ino, fh, 0, &request, false)
+            .expect("staged at once")
+    };
+    assert_eq!(rest.await.expect("write"), 5);
+    let busy = fs.writer_of(fh).expect("writer").lock_owned().await;
+    assert!(fs.write_now(f.ino, fh, 5, b"!", false).is_none());
+    drop(busy);
+    assert!(
+        fs.write_now(f.ino, fh, 5, b"!", true).is_none(),
+        "set-ID bits to clear"
+    );
+    fs.write(f.ino, fh, 5, b"!", true).await.expect("write");
+    assert_eq!(
+        fs.getattr(f.ino).await.expect("stat").node.posix.perm(),
+        0o777
+    );
+    let rest = fs
+        .write_now(f.ino, fh, 6, b"?", true)
+        .expect("nothing to clear");
+    assert_eq!(rest.await.expect("write"), 1);
+    assert!(
+        fs.write_now(f.ino, 9999, 0, b"x", false).is_none(),
+        "no such handle"
+    );
+    fs.release(fh).await.expect("close");
+    assert_eq!(body(&store, "f").await.as_deref(), Some(&b"hello!?"[..]));
+}
+
 #[tokio::test]
 async fn chmod_chown_and_times_follow_the_rules_and_are_stored() {
     let store = Arc::new(Counted::default());
@@ -894,7 +934,6 @@ async fn open_paged(
     name: &str,
 ) -> (Arc<ObjectFs>, tempfile::TempDir, u64, u64) {
     let (fs, staging) = fs_paged(store.clone()).await;
-    let fs = Arc::new(fs);
     let d = fs
         .lookup(&ROOT_CALLER, ROOT, n(name))
         .await
