@@ -9,11 +9,14 @@
 //! cargo bench --bench dataplane -- [--size-mib 1024] [--small 2000] [--entries 10000]
 //!                                  [--server moto|s3s-fs] [--s3-url http://HOST:PORT]
 //!                                  [--tools s3files-csi,s3fs,rclone] [--rounds 1] [--serve-only]
+//!                                  [--reads N]
 //! ```
 //!
 //! Without `--s3-url` it starts a fresh server on loopback for each tool: `moto_server` by
 //! default, or `s3s-fs` (in this process, from the s3s crates). Needs root and /dev/fuse.
 //! `--serve-only` starts just the server (and its bucket) and waits, for measuring by hand.
+//! `--reads N` measures only the sequential read, N times over one object, each time raw and
+//! through each build given as `S3FILES_BENCH_BIN=A,B` (`support/reads.rs`).
 //! `--rounds N` measures everything N times, the tools in a rotating order, and ends with the
 //! median of every figure and of every round's own ratios: one run's figures move more between
 //! runs than the gaps between tools.
@@ -37,6 +40,8 @@
 
 #[path = "support/null_fuse.rs"]
 mod null_fuse;
+#[path = "support/reads.rs"]
+mod reads;
 #[path = "support/s3s_fs.rs"]
 mod s3s_fs_server;
 
@@ -79,6 +84,8 @@ struct Args {
     tools: Vec<String>,
     serve_only: bool,
     rounds: usize,
+    /// `--reads N`: only the sequential read, N times ([`reads`]).
+    reads: usize,
 }
 
 /// The S3 server the bench starts (one per tool) when no `--s3-url` is given.
@@ -100,6 +107,7 @@ fn args() -> Args {
         server: ServerKind::Moto,
         serve_only: false,
         rounds: 1,
+        reads: 0,
         tools: vec!["s3files-csi".into(), "s3fs".into(), "rclone".into()],
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -111,6 +119,7 @@ fn args() -> Args {
             "--small" => a.small = value.parse().expect("--small N"),
             "--entries" => a.entries = value.parse().expect("--entries N"),
             "--rounds" => a.rounds = value.parse::<usize>().expect("--rounds N").max(1),
+            "--reads" => a.reads = value.parse().expect("--reads N"),
             "--s3-url" => a.s3_url = Some(value),
             "--server" => {
                 a.server = match value.as_str() {
@@ -284,14 +293,29 @@ impl Drop for Mounted {
     }
 }
 
+/// The build of ours the bench mounts with: `S3FILES_BENCH_BIN`, or this tree's.
+fn ours_bin() -> std::ffi::OsString {
+    std::env::var_os("S3FILES_BENCH_BIN").unwrap_or_else(|| BIN.into())
+}
+
 /// Mounts `tool` at a fresh directory.
 fn mount(tool: Tool, s: &Setup, name: &str) -> anyhow::Result<Mounted> {
+    mount_build(tool, s, name, &ours_bin())
+}
+
+/// Mounts `tool` at a fresh directory, ours with the build at `bin`.
+fn mount_build(
+    tool: Tool,
+    s: &Setup,
+    name: &str,
+    bin: &std::ffi::OsStr,
+) -> anyhow::Result<Mounted> {
     let target = s.dir.path().join(format!("{}-{name}", tool.name()));
     std::fs::create_dir_all(&target)?;
     let log = s.dir.path().join(format!("{}.out", tool.name()));
     match tool {
         Tool::Ours => run(
-            Command::new(std::env::var_os("S3FILES_BENCH_BIN").unwrap_or_else(|| BIN.into()))
+            Command::new(bin)
                 .env("AWS_ENDPOINT_URL_S3FILES", &s.emulator_url)
                 .env("AWS_REGION", "us-east-1")
                 .env("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -404,6 +428,30 @@ impl Raw {
     }
 }
 
+/// Reads the file at `path` start to end in 1 MiB reads, as `cat` would: it must hold `size`
+/// bytes and begin with `expected`'s.
+fn read_file(path: &Path, size: u64, expected: &[u8]) -> anyhow::Result<Run> {
+    let span = Span::start();
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    let mut first = Vec::new();
+    loop {
+        let n = file.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        if first.is_empty() {
+            first = chunk[..n.min(4096)].to_vec();
+        }
+        total += n as u64;
+    }
+    let run = span.end(size);
+    anyhow::ensure!(total == size, "read {total} of {size} bytes");
+    anyhow::ensure!(first == expected[..first.len()], "read the wrong bytes");
+    Ok(run)
+}
+
 fn mbs(bytes: u64, t: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / t.as_secs_f64()
 }
@@ -468,27 +516,9 @@ fn measure_mount(tool: Tool, s: &Setup, raw: &Raw, a: &Args) -> anyhow::Result<F
     let c = raw.tally.now();
     let reader = daemon_of(&m);
     let cpu = reader.and_then(cpu_seconds);
-    let span = Span::start();
-    let mut file = std::fs::File::open(dir.join("big.bin"))?;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    let mut first = Vec::new();
-    loop {
-        let n = file.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        if first.is_empty() {
-            first = chunk[..n.min(4096)].to_vec();
-        }
-        total += n as u64;
-    }
-    anyhow::ensure!(total == size, "read {total} of {size} bytes");
-    anyhow::ensure!(first == buf[..first.len()], "read the wrong bytes");
-    f.machine_read = span.end(size);
+    f.machine_read = read_file(&dir.join("big.bin"), size, &buf)?;
     f.read_mbs = Some(f.machine_read.mbs);
     f.cpu_read = per_gib(cpu, reader.and_then(cpu_seconds), size);
-    drop(file);
     let read_peak = daemon_of(&m).and_then(|pid| memory_mib(pid, "VmHWM"));
     if let (Some(a), Some(b), Some(c)) = (idle, write_peak, read_peak) {
         f.memory = Some([a, b, c]);
@@ -574,7 +604,8 @@ fn populate(raw: &Raw, prefix: &str, n: usize) -> anyhow::Result<()> {
 }
 
 /// boto3's transfer manager writing and reading one object with the mount's part size and
-/// parallelism: argv url, bucket, key id, secret, size; prints "write_mbs read_mbs".
+/// parallelism: argv url, bucket, key id, secret, size; prints the write's and the read's
+/// "MiB/s CPU-s/GiB busy". With a seventh argument, a key of `size` bytes, only reads that.
 const BOTO3: &str = r#"
 import boto3, os, sys, tempfile, time
 from boto3.s3.transfer import TransferConfig
@@ -594,23 +625,40 @@ def run(transfer):
     elapsed, (b1, a1) = time.monotonic() - t, ticks()
     return "%f %f %f" % (size / (1 << 20) / elapsed, (b1 - b0) / 100 / (size / (1 << 30)),
                          (b1 - b0) / max(a1 - a0, 1))
+class Sink:
+    def write(self, b):
+        return len(b)
+if len(sys.argv) > 6:
+    print(run(lambda: s3.download_fileobj(bucket, sys.argv[6], Sink(), Config=cfg)))
+    sys.exit()
 with tempfile.NamedTemporaryFile() as f:
     block = os.urandom(1 << 20)
     for _ in range(size >> 20):
         f.write(block)
     f.flush()
     write = run(lambda: s3.upload_file(f.name, bucket, "boto3/big.bin", Config=cfg))
-class Sink:
-    def write(self, b):
-        return len(b)
 read = run(lambda: s3.download_fileobj(bucket, "boto3/big.bin", Sink(), Config=cfg))
 print(write, read)
 "#;
 
 /// boto3's write and read figures against the server at `url`, if boto3 is installed.
 fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(Run, Run)> {
+    let mut runs = boto3_runs(&[url, bucket, KEY_ID, SECRET, &size.to_string()])?.into_iter();
+    Some((runs.next()?, runs.next()?))
+}
+
+/// boto3's read of `key` (`size` bytes) at the server at `url`, if boto3 is installed.
+fn boto3_read(url: &str, bucket: &str, size: u64, key: &str) -> Option<Run> {
+    boto3_runs(&[url, bucket, KEY_ID, SECRET, &size.to_string(), key])?
+        .into_iter()
+        .next()
+}
+
+/// The runs [`BOTO3`] prints, given `args`; `None` (reported) when it fails.
+fn boto3_runs(args: &[&str]) -> Option<Vec<Run>> {
     let out = Command::new("python3")
-        .args(["-c", BOTO3, url, bucket, KEY_ID, SECRET, &size.to_string()])
+        .args(["-c", BOTO3])
+        .args(args)
         .output()
         .ok()?;
     if !out.status.success() {
@@ -627,14 +675,62 @@ fn boto3_figures(url: &str, bucket: &str, size: u64) -> Option<(Run, Run)> {
     let mut figures = text
         .split_whitespace()
         .filter_map(|v| v.parse::<f64>().ok());
-    let mut run = || {
-        Some(Run {
-            mbs: figures.next()?,
+    let mut runs = Vec::new();
+    while let Some(mbs) = figures.next() {
+        runs.push(Run {
+            mbs,
             cpu: figures.next(),
             busy: figures.next(),
+        });
+    }
+    Some(runs)
+}
+
+/// Writes `size` bytes of `buf` repeated to `key` as the mount would: one multipart upload of
+/// [`PART`]-byte parts, [`RAW_PARALLEL`] in flight.
+async fn put_raw(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    size: u64,
+    buf: &bytes::Bytes,
+) -> anyhow::Result<Run> {
+    let span = Span::start();
+    let upload = store.put_multipart(key).await?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART as usize);
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        writer.wait_for_capacity(RAW_PARALLEL).await?;
+        writer.put(buf.slice(..n));
+        left -= n as u64;
+    }
+    writer.finish().await?;
+    Ok(span.end(size))
+}
+
+/// Reads the `size` bytes of `key` as [`PART`]-byte ranges, [`RAW_PARALLEL`] in flight.
+async fn read_raw(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    size: u64,
+) -> anyhow::Result<Run> {
+    let span = Span::start();
+    let ranges: Vec<_> = (0..size.div_ceil(PART))
+        .map(|i| i * PART..((i + 1) * PART).min(size))
+        .collect();
+    let total: u64 = futures_util::stream::iter(ranges)
+        .map(|r| {
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.get_range(&key, r).await.map(|b| b.len() as u64) }
         })
-    };
-    Some((run()?, run()?))
+        .buffered(RAW_PARALLEL)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .sum::<Result<u64, _>>()?;
+    let run = span.end(size);
+    anyhow::ensure!(total == size, "raw read {total} of {size}");
+    Ok(run)
 }
 
 /// The ceiling: the same rows as plain S3 requests with the mount's parallelism. The write
@@ -653,40 +749,14 @@ async fn measure_raw(
     let buf = bytes::Bytes::from(pattern());
     let key = ObjectPath::from("raw/big.bin");
     let c = tally.now();
-    let span = Span::start();
-    let upload = store.put_multipart(&key).await?;
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART as usize);
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        writer.wait_for_capacity(RAW_PARALLEL).await?;
-        writer.put(buf.slice(..n));
-        left -= n as u64;
-    }
-    writer.finish().await?;
-    let mut writes = vec![span.end(size)];
+    let mut writes = vec![put_raw(&store, &key, size, &buf).await?];
     tally.row(&mut f, WRITE, &c);
 
     // The mounts read after a remount with the page cache dropped, which also drops moto's copy
     // of the object (moto keeps values above 5 MiB in temporary files): raw reads the same way.
     drop_caches();
     let c = tally.now();
-    let span = Span::start();
-    let ranges: Vec<_> = (0..size.div_ceil(PART))
-        .map(|i| i * PART..((i + 1) * PART).min(size))
-        .collect();
-    let total: u64 = futures_util::stream::iter(ranges)
-        .map(|r| {
-            let (store, key) = (store.clone(), key.clone());
-            async move { store.get_range(&key, r).await.map(|b| b.len() as u64) }
-        })
-        .buffered(RAW_PARALLEL)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .sum::<Result<u64, _>>()?;
-    anyhow::ensure!(total == size, "raw read {total} of {size}");
-    let ranged = span.end(size);
+    let ranged = read_raw(&store, &key, size).await?;
     // The other way to read: one streaming GET. Some servers (moto) pay per request in
     // proportion to the object size, so the ceiling is the better of the two.
     drop_caches();
@@ -1155,6 +1225,9 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::signal::ctrl_c().await?;
         return Ok(());
+    }
+    if a.reads > 0 {
+        return reads::run(&a).await;
     }
     println!(
         "data-plane benchmark: {} MiB sequential, {} small files of {} KiB, {} entries listed; S3 server {}",

@@ -1,0 +1,136 @@
+//! `--reads N`: the sequential read row alone, N times over one object on one server, to tell
+//! apart gaps of a few percent that a full run's noise hides (one round's read ratio moved
+//! between 0.77x and 1.26x for one build).
+//!
+//! Each repetition reads the object raw (object_store's parallel ranges, and boto3 where it is
+//! installed), then through a fresh mount of each build of ours in a rotating order
+//! (`S3FILES_BENCH_BIN=A,B,...`, comma-separated; this tree's build without it), with the page
+//! cache dropped before every read. Every mount's read is paired with the best raw read of its
+//! own repetition, and every build after the first with the first build's read of the same
+//! repetition; the run ends with the median and quartiles of each.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+
+use super::{
+    Args, Run, Server, Tool, boto3_read, cpu_seconds, daemon_of, drop_caches, emulated,
+    mount_build, ours_bin, pattern, per_gib, put_raw, read_file, read_raw,
+};
+
+/// The object every read reads, under the access point's root (`/ours`).
+const KEY: &str = "ours/big.bin";
+
+/// Runs `a.reads` repetitions and prints each, then the summary.
+pub async fn run(a: &Args) -> anyhow::Result<()> {
+    let builds: Vec<OsString> = match std::env::var("S3FILES_BENCH_BIN") {
+        Ok(list) => list.split(',').map(OsString::from).collect(),
+        Err(_) => vec![ours_bin()],
+    };
+    let size = a.size_mib << 20;
+    let server = Server::start(a, "reads").await?;
+    let setup = Arc::new(emulated(&server).await?);
+    let buf = bytes::Bytes::from(pattern());
+    let key = ObjectPath::from(KEY);
+    put_raw(&server.store, &key, size, &buf).await?;
+    println!(
+        "{} reads of {} MiB, each build against the best raw read of the same repetition",
+        a.reads, a.size_mib
+    );
+    for (i, bin) in builds.iter().enumerate() {
+        println!("  build {}: {}", i + 1, bin.to_string_lossy());
+    }
+
+    // Per build: each repetition's ratio to raw, and to build 1; machine busy share.
+    let mut to_raw = vec![Vec::new(); builds.len()];
+    let mut to_first = vec![Vec::new(); builds.len()];
+    let mut busy = vec![Vec::new(); builds.len() + 1];
+    for rep in 0..a.reads {
+        drop_caches();
+        let mut raw = vec![read_raw(&server.store, &key, size).await?];
+        drop_caches();
+        let (url, bucket) = (server.url.clone(), server.bucket.clone());
+        let boto3 =
+            tokio::task::spawn_blocking(move || boto3_read(&url, &bucket, size, KEY)).await?;
+        raw.extend(boto3);
+        let best = raw
+            .iter()
+            .copied()
+            .max_by(|a, b| a.mbs.total_cmp(&b.mbs))
+            .unwrap_or_default();
+        busy[0].extend(best.busy);
+        let mut line = format!(
+            "{:>3}  raw {:.1} MiB/s ({})",
+            rep + 1,
+            best.mbs,
+            raw.iter()
+                .map(|r| format!("{:.1}", r.mbs))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        let mut got = vec![Run::default(); builds.len()];
+        for k in 0..builds.len() {
+            let j = (rep + k) % builds.len();
+            let (setup, buf, bin) = (setup.clone(), buf.clone(), builds[j].clone());
+            let (run, cpu) = tokio::task::spawn_blocking(move || {
+                drop_caches();
+                let m = mount_build(Tool::Ours, &setup, &format!("read{j}"), &bin)?;
+                let daemon = daemon_of(&m);
+                let before = daemon.and_then(cpu_seconds);
+                let run = read_file(&m.join("big.bin"), size, &buf)?;
+                anyhow::Ok((run, per_gib(before, daemon.and_then(cpu_seconds), size)))
+            })
+            .await??;
+            got[j] = run;
+            to_raw[j].push(run.mbs / best.mbs);
+            busy[j + 1].extend(run.busy);
+            line += &format!(
+                "  #{} {:.1} {:.2}x (busy {}, daemon {} s/GiB)",
+                j + 1,
+                run.mbs,
+                run.mbs / best.mbs,
+                percent(run.busy),
+                cpu.map_or("-".into(), |c| format!("{c:.2}"))
+            );
+        }
+        for j in 1..builds.len() {
+            to_first[j].push(got[j].mbs / got[0].mbs);
+        }
+        println!("{line}");
+    }
+
+    println!("summary over {} repetitions (median [quartiles]):", a.reads);
+    println!("  raw: machine busy {}", percent(quantile(&busy[0], 0.5)));
+    for j in 0..builds.len() {
+        let mut text = format!(
+            "  #{}: {} raw, machine busy {}",
+            j + 1,
+            spread(&to_raw[j]),
+            percent(quantile(&busy[j + 1], 0.5))
+        );
+        if j > 0 {
+            text += &format!(", {} build 1", spread(&to_first[j]));
+        }
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// `values`' `q` quantile (nearest rank), `None` when empty.
+fn quantile(values: &[f64], q: f64) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let last = sorted.len().checked_sub(1)?;
+    sorted.get((last as f64 * q).round() as usize).copied()
+}
+
+/// "0.93x [0.90x-0.95x]": the median ratio and its quartiles.
+fn spread(ratios: &[f64]) -> String {
+    let at = |q| quantile(ratios, q).map_or("-".into(), |r| format!("{r:.2}x"));
+    format!("{} [{}-{}]", at(0.5), at(0.25), at(0.75))
+}
+
+fn percent(share: Option<f64>) -> String {
+    share.map_or("-".into(), |b| format!("{:.0}%", b * 100.0))
+}
