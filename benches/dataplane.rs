@@ -733,6 +733,23 @@ async fn read_raw(
     Ok(run)
 }
 
+/// Reads the `size` bytes of `key` with one streaming GET.
+async fn read_streamed(
+    store: &Arc<dyn ObjectStore>,
+    key: &ObjectPath,
+    size: u64,
+) -> anyhow::Result<Run> {
+    let span = Span::start();
+    let mut body = store.get(key).await?.into_stream();
+    let mut total = 0u64;
+    while let Some(piece) = body.next().await {
+        total += piece?.len() as u64;
+    }
+    let run = span.end(size);
+    anyhow::ensure!(total == size, "raw stream read {total} of {size}");
+    Ok(run)
+}
+
 /// The ceiling: the same rows as plain S3 requests with the mount's parallelism. The write
 /// and read rows take the better of `object_store` and boto3 (into the server at `url`, bucket
 /// `bucket`).
@@ -760,14 +777,7 @@ async fn measure_raw(
     // The other way to read: one streaming GET. Some servers (moto) pay per request in
     // proportion to the object size, so the ceiling is the better of the two.
     drop_caches();
-    let span = Span::start();
-    let mut body = store.get(&key).await?.into_stream();
-    let mut total = 0u64;
-    while let Some(piece) = body.next().await {
-        total += piece?.len() as u64;
-    }
-    anyhow::ensure!(total == size, "raw stream read {total} of {size}");
-    let streamed = span.end(size);
+    let streamed = read_streamed(&store, &key, size).await?;
     let mut reads = vec![ranged, streamed];
     drop_caches();
     let (url, bucket) = (url.to_owned(), bucket.to_owned());
