@@ -33,8 +33,8 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -42,22 +42,23 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::segments::Segments;
+use super::segments::{Segment, Segments};
 
 /// Bytes kept behind the furthest read for reads that arrive out of order. The kernel has up to
 /// `max_background` (12) read-ahead requests of up to 1 MiB in flight and FUSE threads take them
 /// in any order; with 4 MiB kept, a 16 MiB read-ahead window made most requests miss and reset
 /// the stream, and a 1 GiB read on moto never finished (found with `read_ahead_kb` at 16384).
 const KEEP_BEHIND: u64 = 16 << 20;
-/// A single stream's body frames are gathered into pieces of at least this much before they
-/// go to the reader (s3s-fs sends 4 KiB frames, S3 up to 64 KiB): fewer hand-offs, and most
-/// 1 MiB reads are then a copy out of four pieces instead of hundreds.
-const PIECE: usize = 256 << 10;
-/// Pieces a single stream's channel holds: a piece is less than [`PIECE`] plus one frame (at
-/// most 64 KiB), so at most 15 MiB.
-const CHANNEL_PIECES: usize = 48;
+/// A single stream's body frames (s3s-fs sends 4 KiB, S3 up to 64 KiB) are gathered into
+/// pieces that end on multiples of this in the file, the kernel's largest read: a read is then
+/// a slice of one piece, not a copy out of several.
+const PIECE: usize = 1 << 20;
+/// Pieces a single stream's channel holds (at most [`PIECE`] each); with the one being gathered,
+/// at most 16 MiB.
+const CHANNEL_PIECES: usize = 15;
 /// One ranged GET of a parallel stream.
 pub const SEGMENT: u64 = 4 << 20;
 /// Ranged GETs a parallel stream has in flight; one more finished segment waits in its channel.
@@ -84,6 +85,13 @@ const PARALLEL_GAIN: f64 = 1.25;
 /// the mount read at 0.42x raw). Such a trial goes on for another window, at most
 /// [`TRIAL_WINDOWS`] in all. On moto ranges run at a twentieth of one stream or less.
 const INCONCLUSIVE: f64 = 0.5;
+/// A single stream at least this fast (bytes per second) is not put on trial even when its
+/// reader waits for it. Four ranges would have to beat it by [`PARALLEL_GAIN`], past what a
+/// FUSE reader takes here, and a server streaming this fast is a local one that may pay for
+/// each range: moto streams at 370-900 MiB/s and serves a range at a twentieth of that, and a
+/// trial its reader fell into cost 3 s of a 1 GiB read. S3 gives one stream ~100 MB/s and
+/// s3s-fs ~75 MiB/s: both are tried.
+const FAST_ENOUGH: f64 = (200 << 20) as f64;
 const TRIAL_WINDOWS: u8 = 3;
 
 /// What a parallel trial window says, at `rate` against the single stream's `single`, after
@@ -161,6 +169,8 @@ struct Stream {
     windows: u32,
     /// Whether the window's clock runs: a single stream's starts with its first piece.
     flowing: bool,
+    /// Where the reader's reads end, modulo [`PIECE`]: where a single stream cuts its pieces.
+    phase: Arc<AtomicU64>,
 }
 
 impl Stream {
@@ -211,6 +221,80 @@ async fn fetch_ranges(
         if tx.send(segment).await.is_err() || failed {
             return;
         }
+    }
+}
+
+/// `range` of `key` in one streaming GET (no range from offset 0), sent on as pieces of at
+/// most [`PIECE`] that end where the reader's reads end (`phase`, modulo [`PIECE`]): the
+/// kernel's read-ahead asks for 1 MiB at a time from wherever its first windows left it, and a
+/// read within one piece is a slice of it, not a copy. A frame that covers a whole piece goes on
+/// as it is.
+async fn stream_pieces(
+    store: Arc<dyn ObjectStore>,
+    key: ObjectPath,
+    range: Range<u64>,
+    buffers: Segments,
+    phase: Arc<AtomicU64>,
+    tx: mpsc::Sender<object_store::Result<Bytes>>,
+) {
+    let opts = GetOptions {
+        range: (range.start > 0).then_some(GetRange::Bounded(range.clone())),
+        ..Default::default()
+    };
+    let mut body = match store.get_opts(&key, opts).await {
+        Ok(got) => got.into_stream(),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    // Where the piece being gathered begins in the file, and its length (set as it begins).
+    let mut at = range.start;
+    let mut len = PIECE;
+    let mut gathered: Option<Segment> = None;
+    let piece_len = |at: u64| {
+        let to_phase =
+            (phase.load(Ordering::Relaxed) + PIECE as u64 - at % PIECE as u64) % PIECE as u64;
+        if to_phase == 0 {
+            PIECE
+        } else {
+            to_phase as usize
+        }
+    };
+    while let Some(frame) = body.next().await {
+        let mut frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        while !frame.is_empty() {
+            let held = gathered.as_ref().map_or(0, |g| g.len());
+            if held == 0 {
+                len = piece_len(at);
+            }
+            let room = len - held;
+            let head = frame.split_to(room.min(frame.len()));
+            let piece = if held == 0 && head.len() == room {
+                head
+            } else {
+                let g = gathered.get_or_insert_with(|| buffers.buffer(PIECE));
+                g.extend_from_slice(&head);
+                if head.len() < room {
+                    continue;
+                }
+                gathered.take().map(Segment::freeze).unwrap_or_default()
+            };
+            at += piece.len() as u64;
+            // A full channel holds the GET back: the buffer stays bounded.
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+    }
+    if let Some(rest) = gathered {
+        let _ = tx.send(Ok(rest.freeze())).await;
     }
 }
 
@@ -321,6 +405,7 @@ impl Prefetch {
         let parallel = parallel || learned;
         let (tx, rx) = mpsc::channel(if parallel { 1 } else { CHANNEL_PIECES });
         let (store, key) = (store.clone(), key.clone());
+        let phase = Arc::new(AtomicU64::new(start % PIECE as u64));
         let task = if parallel {
             // A trial fetches one window and stops: the server may pay for every range, and the
             // reader carries on with whatever the trial showed to be better.
@@ -332,46 +417,15 @@ impl Prefetch {
             let buffers = self.segments.clone();
             tokio::spawn(fetch_ranges(store, key, start..fetch_end, buffers, tx))
         } else {
-            tokio::spawn(async move {
-                let range = (start > 0).then_some(GetRange::Bounded(start..end));
-                let opts = GetOptions {
-                    range,
-                    ..Default::default()
-                };
-                let mut body = match store.get_opts(&key, opts).await {
-                    Ok(got) => got.into_stream(),
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                };
-                let mut gathered = bytes::BytesMut::new();
-                while let Some(frame) = body.next().await {
-                    let frame = match frame {
-                        Ok(frame) => frame,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
-                    let piece = if gathered.is_empty() && frame.len() >= PIECE {
-                        frame
-                    } else {
-                        gathered.extend_from_slice(&frame);
-                        if gathered.len() < PIECE {
-                            continue;
-                        }
-                        gathered.split().freeze()
-                    };
-                    // A full channel holds the GET back: the buffer stays bounded.
-                    if tx.send(Ok(piece)).await.is_err() {
-                        return;
-                    }
-                }
-                if !gathered.is_empty() {
-                    let _ = tx.send(Ok(gathered.freeze())).await;
-                }
-            })
+            let buffers = self.segments.clone();
+            tokio::spawn(stream_pieces(
+                store,
+                key,
+                start..end,
+                buffers,
+                phase.clone(),
+                tx,
+            ))
         };
         if !continues {
             self.pending.clear();
@@ -388,6 +442,7 @@ impl Prefetch {
             waited: Duration::ZERO,
             windows: 0,
             flowing: parallel,
+            phase,
         });
     }
 
@@ -414,7 +469,7 @@ impl Prefetch {
         stream.waited = Duration::ZERO;
         let fetch = self.budget.fetch();
         match (stream.parallel, fetch) {
-            (false, UNTRIED) if starved && stream.next < stream.end => {
+            (false, UNTRIED) if starved && rate < FAST_ENOUGH && stream.next < stream.end => {
                 tracing::debug!(
                     at = stream.next,
                     "read-ahead: the reader waits for its stream; trying ranged GETs"
@@ -464,6 +519,32 @@ impl Prefetch {
         }
     }
 
+    /// When a trial of ranges under way has fallen below [`INCONCLUSIVE`] of the single
+    /// stream's rate whatever arrives next: the time its whole window would take at that rate.
+    /// Waiting for it to finish its window (on moto, ranges that each wait for a copy of the
+    /// whole object) cost 3 s of a 1 GiB read.
+    fn trial_deadline(&self) -> Option<Instant> {
+        let stream = self.stream.as_ref().filter(|s| s.parallel)?;
+        let single = self.single_rate?;
+        let slowest = Duration::from_secs_f64(WINDOW as f64 / (single * INCONCLUSIVE));
+        Some(stream.window_began + slowest)
+    }
+
+    /// Ends a trial that fell behind (see [`Prefetch::trial_deadline`]): the mount keeps to
+    /// one stream.
+    fn give_up_trial(&mut self) {
+        let Some(stream) = self.stream.as_ref() else {
+            return;
+        };
+        tracing::info!(
+            ranges_mib_s = (stream.window_rate() / f64::from(1 << 20)).round(),
+            stream_mib_s = (self.single_rate.unwrap_or_default() / f64::from(1 << 20)).round(),
+            "read-ahead: ranged GETs fell behind one stream; this mount keeps to it"
+        );
+        self.single_rate = None;
+        self.budget.learn(SINGLE);
+    }
+
     /// Reads `range` (within a file of `file_size` bytes) at `key`.
     pub async fn read(
         &mut self,
@@ -474,6 +555,11 @@ impl Prefetch {
     ) -> object_store::Result<Bytes> {
         let sequential = range.start == 0 || self.last_end == Some(range.start);
         self.last_end = Some(range.end);
+        if let Some(stream) = self.stream.as_ref().filter(|_| sequential) {
+            stream
+                .phase
+                .store(range.end % PIECE as u64, Ordering::Relaxed);
+        }
         let covered = self.stream.is_some()
             && range.start >= self.pending_at
             && range.start <= self.stream.as_ref().map_or(0, |s| s.end);
@@ -547,12 +633,24 @@ impl Prefetch {
                 // Contiguous with what was received: keep it; otherwise start afresh there.
                 self.start(store, key, at, file_size, at == received_to, false);
             }
+            let deadline = self.trial_deadline();
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
             let waiting = Instant::now();
-            let got = stream.rx.recv().await;
+            let got = match deadline {
+                None => Some(stream.rx.recv().await),
+                Some(at) => tokio::time::timeout_at(at, stream.rx.recv()).await.ok(),
+            };
             stream.waited += waiting.elapsed();
+            let Some(got) = got else {
+                // The trial fell behind: one stream carries on from what was received.
+                self.give_up_trial();
+                let received_to =
+                    self.pending_at + self.pending.iter().map(|b| b.len() as u64).sum::<u64>();
+                self.start(store, key, received_to, file_size, true, false);
+                continue;
+            };
             match got {
                 Some(Ok(piece)) => {
                     stream.next += piece.len() as u64;
@@ -611,6 +709,62 @@ mod tests {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         store.put(&key, data.clone().into()).await.expect("put");
         (store, key, data)
+    }
+
+    /// The pieces [`stream_pieces`] sends for `range` of the file `f` to a reader whose reads end
+    /// at `phase` modulo [`PIECE`], and their bytes.
+    async fn pieces(
+        store: Arc<dyn ObjectStore>,
+        range: Range<u64>,
+        phase: u64,
+    ) -> (Vec<usize>, Vec<u8>) {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_PIECES);
+        let key = ObjectPath::from("f");
+        let phase = Arc::new(AtomicU64::new(phase));
+        let task = tokio::spawn(stream_pieces(
+            store,
+            key,
+            range,
+            Segments::default(),
+            phase,
+            tx,
+        ));
+        let (mut lengths, mut bytes) = (Vec::new(), Vec::new());
+        while let Some(piece) = rx.recv().await {
+            let piece = piece.expect("piece");
+            lengths.push(piece.len());
+            bytes.extend_from_slice(&piece);
+        }
+        task.await.expect("stream");
+        (lengths, bytes)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_stream_cuts_its_pieces_where_the_reads_end() {
+        let len = 3 * PIECE + PIECE / 2;
+        let from = 300 << 10;
+        // Reads ending on the file's 1 MiB blocks, and reads ending 300 KiB past them.
+        let on_blocks = vec![PIECE - from, PIECE, PIECE, PIECE / 2];
+        let past = vec![PIECE, PIECE, PIECE, len - from - 3 * PIECE];
+        // Frames of 64 KiB, gathered (a 300 KiB start is not a multiple of them either).
+        let pace = crate::fuse::test_store::Pace {
+            bytes_per_second: Some(1 << 30),
+            ..Default::default()
+        };
+        let (_, store, _, data) = paced_store(pace, len).await;
+        let (lengths, bytes) = pieces(store.clone(), from as u64..len as u64, 0).await;
+        assert_eq!(lengths, on_blocks);
+        assert_eq!(bytes, data[from..]);
+        let (lengths, bytes) = pieces(store, from as u64..len as u64, from as u64).await;
+        assert_eq!(lengths, past);
+        assert_eq!(bytes, data[from..]);
+        // One frame holding the whole body, cut without a copy.
+        let (store, _, data) = store_with(len).await;
+        let (lengths, bytes) = pieces(store.clone(), 0..len as u64, 0).await;
+        assert_eq!(lengths, vec![PIECE, PIECE, PIECE, PIECE / 2]);
+        assert_eq!(bytes, data);
+        let (lengths, _) = pieces(store, from as u64..len as u64, from as u64).await;
+        assert_eq!(lengths, past);
     }
 
     #[tokio::test]
@@ -763,6 +917,7 @@ mod tests {
         let pace = crate::fuse::test_store::Pace {
             bytes_per_second: Some(64 << 20),
             per_ranged_get: Duration::ZERO,
+            ..Default::default()
         };
         let (counted, store, key, data) = paced_store(pace, 72 << 20).await;
         let budget = Budget::new(4 * STREAM_SHARE);
@@ -790,6 +945,7 @@ mod tests {
         let pace = crate::fuse::test_store::Pace {
             bytes_per_second: Some(64 << 20),
             per_ranged_get: Duration::ZERO,
+            ..Default::default()
         };
         let (counted, store, key, data) = paced_store(pace, 40 << 20).await;
         let budget = Budget::new(4 * STREAM_SHARE);
@@ -819,6 +975,7 @@ mod tests {
         let pace = crate::fuse::test_store::Pace {
             bytes_per_second: Some(64 << 20),
             per_ranged_get: Duration::from_secs(1),
+            ..Default::default()
         };
         let (counted, store, key, data) = paced_store(pace, 72 << 20).await;
         let budget = Budget::new(4 * STREAM_SHARE);
@@ -844,6 +1001,48 @@ mod tests {
             "{again} more ranged GETs"
         );
         assert_eq!(counted.whole_gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trial_that_falls_behind_one_stream_gives_up_before_its_window_ends() {
+        use std::sync::atomic::Ordering;
+        // Ranges that each wait 5 s before their body, the ranged stream after the trial too.
+        let pace = crate::fuse::test_store::Pace {
+            bytes_per_second: Some(64 << 20),
+            per_ranged_get: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let (counted, store, key, data) = paced_store(pace, 72 << 20).await;
+        let budget = Budget::new(4 * STREAM_SHARE);
+        let mut p = Prefetch::new(&budget);
+        let began = Instant::now();
+        read_all(&mut p, (&store, &key, &data)).await;
+        // 72 MiB at 64 MiB/s (1.1 s), the trial's deadline (16 MiB at half that rate: 0.5 s)
+        // and the ranged stream's 5 s: 6.6 s. Waiting for the trial's window would add 4.5 s.
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(8), "{took:?}");
+        assert!(!budget.parallel(), "the trial lost");
+        assert_eq!(budget.fetch(), SINGLE, "and the mount knows it");
+        // The trial's four ranges, then one stream from where it stood (ranged).
+        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 4 + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_fast_enough_is_not_put_on_trial() {
+        use std::sync::atomic::Ordering;
+        // 1 GiB/s, in 1 MiB frames (one per millisecond): its reader waits for every frame.
+        let pace = crate::fuse::test_store::Pace {
+            bytes_per_second: Some(1 << 30),
+            per_ranged_get: Duration::from_secs(60),
+            frame: 1 << 20,
+        };
+        let (counted, store, key, data) = paced_store(pace, 72 << 20).await;
+        let budget = Budget::new(4 * STREAM_SHARE);
+        let mut p = Prefetch::new(&budget);
+        read_all(&mut p, (&store, &key, &data)).await;
+        assert_eq!(counted.ranged_gets.load(Ordering::SeqCst), 0);
+        assert_eq!(counted.whole_gets.load(Ordering::SeqCst), 1);
+        assert_eq!(budget.fetch(), UNTRIED);
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Buffers for the ranged GETs of read-ahead, reused while a file is read.
+//! Read-ahead buffers (ranged GETs, a single stream's pieces), reused while a file is read.
 //!
 //! A 4 MiB segment in a buffer of its own costs the kernel 1,024 page faults and zeroed pages
 //! each time: the allocator hands a freed segment back to the kernel (it lies at the top of a

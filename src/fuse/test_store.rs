@@ -23,10 +23,13 @@ pub struct Pace {
     pub bytes_per_second: Option<u64>,
     /// A ranged GET waits this long before its body, as moto copies the whole object for one.
     pub per_ranged_get: Duration,
+    /// Body frames of a paced GET (0: [`FRAME`]); one arrives per pause, and tokio's timer
+    /// pauses at least 1 ms, so a paced GET is at most `frame` per millisecond.
+    pub frame: usize,
 }
 
-/// Body pieces of a paced GET.
-const PIECE: usize = 64 << 10;
+/// Body frames of a paced GET unless its [`Pace`] says otherwise.
+const FRAME: usize = 64 << 10;
 
 #[derive(Debug, Default)]
 pub struct Counted {
@@ -114,15 +117,20 @@ impl ObjectStore for Counted {
         };
         let (meta, range, attributes) =
             (got.meta.clone(), got.range.clone(), got.attributes.clone());
-        let pause = Duration::from_secs_f64(PIECE as f64 / rate as f64);
+        let frame = if self.pace.frame == 0 {
+            FRAME
+        } else {
+            self.pace.frame
+        };
+        let pause = Duration::from_secs_f64(frame as f64 / rate as f64);
         let delivered = self.delivered.clone();
         let body = got
             .into_stream()
-            .flat_map(|chunk| {
+            .flat_map(move |chunk| {
                 let pieces: Vec<object_store::Result<bytes::Bytes>> = match chunk {
                     Ok(bytes) => (0..bytes.len())
-                        .step_by(PIECE)
-                        .map(|at| Ok(bytes.slice(at..(at + PIECE).min(bytes.len()))))
+                        .step_by(frame)
+                        .map(|at| Ok(bytes.slice(at..(at + frame).min(bytes.len()))))
                         .collect(),
                     Err(e) => vec![Err(e)],
                 };
