@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -149,7 +149,38 @@ fn s3_client(
     endpoint: &Option<String>,
     region: Option<&str>,
 ) -> Result<object_store::aws::AmazonS3> {
-    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    s3_builder(AmazonS3Builder::from_env(), bucket, endpoint, region)
+        .build()
+        .map_err(|e| Error::Internal(format!("S3 client for bucket {bucket}: {e}")))
+}
+
+/// `builder` (the environment's settings) for `bucket` at `endpoint`.
+///
+/// Uploads carry a SHA-256 checksum (`x-amz-checksum-sha256`, and `SHA256` declared when a
+/// multipart upload starts) unless the environment names an algorithm
+/// (`AWS_CHECKSUM_ALGORITHM`) or turns payload signing off (`AWS_UNSIGNED_PAYLOAD`). With a
+/// signed payload the digest is the one SigV4 computes anyway, so the checksum costs the client
+/// nothing; the server checks each part against it and keeps it with the object, as it keeps
+/// the CRC32 the AWS SDKs send by default. An upload that declares no algorithm leaves the
+/// server a checksum of the whole object to compute at CompleteMultipartUpload (moto copies
+/// the whole object to do it).
+fn s3_builder(
+    builder: AmazonS3Builder,
+    bucket: &str,
+    endpoint: &Option<String>,
+    region: Option<&str>,
+) -> AmazonS3Builder {
+    let unsigned = builder
+        .get_config_value(&AmazonS3ConfigKey::UnsignedPayload)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut builder = builder.with_bucket_name(bucket);
+    if builder
+        .get_config_value(&AmazonS3ConfigKey::Checksum)
+        .is_none()
+        && !unsigned
+    {
+        builder = builder.with_checksum_algorithm(Checksum::SHA256);
+    }
     if let Some(r) = region {
         builder = builder.with_region(r);
     }
@@ -159,8 +190,6 @@ fn s3_client(
             .with_allow_http(e.starts_with("http://"));
     }
     builder
-        .build()
-        .map_err(|e| Error::Internal(format!("S3 client for bucket {bucket}: {e}")))
 }
 
 /// `name` from `arn:aws:s3:::name`.
@@ -234,6 +263,98 @@ mod tests {
         assert!(
             data.delete_prefix("arn:aws:s3:::b", "/").await.is_err(),
             "never the whole bucket"
+        );
+    }
+
+    /// The head of one HTTP request to `listener`, answered with an empty 200 and an ETag.
+    async fn one_request(listener: tokio::net::TcpListener) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut sock, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            let n = sock.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "the client closed before its request ended");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < end + length {
+            let n = sock.read(&mut chunk).await.expect("read body");
+            assert!(n > 0, "the client closed before its body ended");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .expect("answer");
+        head
+    }
+
+    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn builder(endpoint: &str, env: &[(AmazonS3ConfigKey, &str)]) -> AmazonS3Builder {
+        let mut b = AmazonS3Builder::new()
+            .with_access_key_id("key")
+            .with_secret_access_key("secret");
+        for (k, v) in env {
+            b = b.with_config(*k, *v);
+        }
+        s3_builder(b, "bucket", &Some(endpoint.to_owned()), Some("us-east-1"))
+    }
+
+    #[tokio::test]
+    async fn uploads_carry_the_sha256_of_their_payload() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(one_request(listener));
+        let store = builder(&url, &[]).build().expect("client");
+        store
+            .put(&ObjectPath::from("a.txt"), "hello".into())
+            .await
+            .expect("put");
+        let head = server.await.expect("server");
+        // base64 of SHA-256("hello"), as `openssl dgst -sha256 -binary | base64` prints it.
+        assert_eq!(
+            header(&head, "x-amz-checksum-sha256"),
+            Some("LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn the_environment_chooses_the_checksum_or_turns_it_off_with_signing() {
+        let chosen = |env: &[(AmazonS3ConfigKey, &str)]| {
+            builder("http://127.0.0.1:1", env).get_config_value(&AmazonS3ConfigKey::Checksum)
+        };
+        assert_eq!(chosen(&[]).as_deref(), Some("sha256"));
+        assert_eq!(
+            chosen(&[(AmazonS3ConfigKey::Checksum, "crc64nvme")]).as_deref(),
+            Some("crc64nvme")
+        );
+        assert_eq!(
+            chosen(&[(AmazonS3ConfigKey::UnsignedPayload, "true")]),
+            None
+        );
+        assert_eq!(
+            chosen(&[(AmazonS3ConfigKey::UnsignedPayload, "false")]).as_deref(),
+            Some("sha256")
         );
     }
 
