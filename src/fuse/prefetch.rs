@@ -16,7 +16,9 @@
 //! bottleneck, and read-ahead tries ranged GETs of [`SEGMENT`] bytes, [`PARALLEL`] at a time,
 //! delivered in order through the same channel. If that window is faster the mount keeps
 //! fetching in parallel from then on; if clearly not, it goes back to one stream and does not
-//! try again; a close call (see [`INCONCLUSIVE`]) tries up to two more windows. A stream's
+//! try again; a close call (see [`INCONCLUSIVE`]) tries up to two more windows, and a window
+//! that cannot reach [`INCONCLUSIVE`] of the stream's rate ends at that moment
+//! ([`Prefetch::trial_deadline`]). A stream of at least [`FAST_ENOUGH`] is not tried. A stream's
 //! first window is timed from its first piece, not from the request: on moto the reader waited
 //! 253 ms of the first window's 272 ms (the server loading the object) and not at all after; on
 //! s3s-fs it waited for every piece from the first one. A single stream's first window is
