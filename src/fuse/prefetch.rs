@@ -55,8 +55,8 @@ use super::segments::{Segment, Segments};
 /// the stream, and a 1 GiB read on moto never finished (found with `read_ahead_kb` at 16384).
 const KEEP_BEHIND: u64 = 16 << 20;
 /// A single stream's body frames (s3s-fs sends 4 KiB, S3 up to 64 KiB) are gathered into
-/// pieces that end on multiples of this in the file, the kernel's largest read: a read is then
-/// a slice of one piece, not a copy out of several.
+/// pieces of at most this, the kernel's largest read, cut where the reader's reads end (see
+/// [`stream_pieces`]): a read is then a slice of one piece, not a copy out of several.
 const PIECE: usize = 1 << 20;
 /// Pieces a single stream's channel holds (at most [`PIECE`] each); with the one being gathered,
 /// at most 16 MiB.
@@ -113,6 +113,11 @@ fn verdict(rate: f64, single: f64, windows: u8) -> Verdict {
     } else {
         Verdict::Single
     }
+}
+
+/// `rate` (bytes per second) in whole MiB/s, for the log.
+fn mib(rate: f64) -> f64 {
+    (rate / f64::from(1 << 20)).round()
 }
 
 /// How a mount's streams fetch, as learned from its server (see the module documentation).
@@ -483,7 +488,6 @@ impl Prefetch {
             (true, UNTRIED) => {
                 let single = self.single_rate?;
                 self.trial_windows += 1;
-                let mib = |r: f64| (r / f64::from(1 << 20)).round();
                 match verdict(rate, single, self.trial_windows) {
                     Verdict::Parallel => {
                         tracing::info!(
@@ -539,12 +543,17 @@ impl Prefetch {
             return;
         };
         tracing::info!(
-            ranges_mib_s = (stream.window_rate() / f64::from(1 << 20)).round(),
-            stream_mib_s = (self.single_rate.unwrap_or_default() / f64::from(1 << 20)).round(),
+            ranges_mib_s = mib(stream.window_rate()),
+            stream_mib_s = mib(self.single_rate.unwrap_or_default()),
             "read-ahead: ranged GETs fell behind one stream; this mount keeps to it"
         );
         self.single_rate = None;
         self.budget.learn(SINGLE);
+    }
+
+    /// Where what was received ends: the kept pieces, from `pending_at`.
+    fn received_to(&self) -> u64 {
+        self.pending_at + self.pending.iter().map(|b| b.len() as u64).sum::<u64>()
     }
 
     /// Reads `range` (within a file of `file_size` bytes) at `key`.
@@ -626,8 +635,7 @@ impl Prefetch {
             // Need more: from the stream, or a new one where the last one stopped.
             let exhausted = self.stream.as_ref().is_none_or(|s| s.next >= s.end);
             if exhausted {
-                let received_to =
-                    self.pending_at + self.pending.iter().map(|b| b.len() as u64).sum::<u64>();
+                let received_to = self.received_to();
                 let at = received_to.max(pos);
                 if at >= file_size {
                     break;
@@ -648,9 +656,7 @@ impl Prefetch {
             let Some(got) = got else {
                 // The trial fell behind: one stream carries on from what was received.
                 self.give_up_trial();
-                let received_to =
-                    self.pending_at + self.pending.iter().map(|b| b.len() as u64).sum::<u64>();
-                self.start(store, key, received_to, file_size, true, false);
+                self.start(store, key, self.received_to(), file_size, true, false);
                 continue;
             };
             match got {
@@ -668,9 +674,7 @@ impl Prefetch {
                     self.pending.push_back(piece);
                     if let Some(parallel) = self.judge() {
                         // Carry on from what was received, fetched the other way.
-                        let received_to = self.pending_at
-                            + self.pending.iter().map(|b| b.len() as u64).sum::<u64>();
-                        self.start(store, key, received_to, file_size, true, parallel);
+                        self.start(store, key, self.received_to(), file_size, true, parallel);
                     }
                 }
                 Some(Err(e)) => {
