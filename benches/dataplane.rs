@@ -34,8 +34,9 @@
 //! The sequential rows also say what they cost the whole machine (CPU seconds per GiB, every
 //! process and the kernel, and the share of the machine busy). Each round first measures the
 //! FUSE floor: 1 GiB written to and read from a file system that does nothing
-//! (`support/null_fuse.rs`), the least CPU any FUSE client spends moving the bytes. From these
-//! it prints the CPU ceiling: the fastest a FUSE client could write or read relative to the
+//! (`support/null_fuse.rs`), the least CPU any FUSE client spends moving the bytes, and what
+//! touching 1 GiB of fresh memory costs ([`fresh_memory`]). From these it prints the CPU
+//! ceiling: the fastest a FUSE client could write or read relative to the
 //! best raw client if the machine's CPU is what holds that client back ([`ceiling`]).
 
 #[path = "support/null_fuse.rs"]
@@ -1436,10 +1437,26 @@ fn fuse_floor(size: u64) -> [Option<f64>; 2] {
     best
 }
 
+/// Machine CPU seconds per GiB to touch `size` bytes of memory the process never had, one
+/// write per page: what handing out fresh pages costs on this machine. A read through the page
+/// cache takes a fresh page for every page it reads; a raw client reads into buffers it reuses.
+fn fresh_memory(size: u64) -> Option<f64> {
+    let span = Span::start();
+    let mut block = Vec::<u8>::with_capacity(size as usize);
+    for byte in block.spare_capacity_mut().iter_mut().step_by(4096) {
+        byte.write(1);
+    }
+    std::hint::black_box(&block);
+    span.end(size).cpu
+}
+
 /// Raw, then each tool in `order`, each against a fresh server.
 async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
     eprintln!("FUSE floor...");
     let floor = fuse_floor(a.size_mib << 20);
+    if let Some(fresh) = fresh_memory(a.size_mib << 20) {
+        println!("fresh memory: {fresh:.2} machine CPU s/GiB to touch");
+    }
     eprintln!("raw...");
     // The ceiling is no system under test: one that fails (s3s-fs once refused a part under
     // load, ending a 3-round run) is measured again on a fresh server, once.

@@ -8,7 +8,7 @@
 //! build without it), with the page cache dropped before every read. Every mount's read is
 //! paired with the best raw read of its own repetition, and every build after the first with
 //! the first build's read of the same repetition; the run ends with the median and quartiles of
-//! each.
+//! each, and with what fresh memory cost the machine before and after the reads.
 
 use std::ffi::OsString;
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use object_store::path::Path as ObjectPath;
 
 use super::{
     Args, Run, Server, ServerKind, Tool, boto3_read, cpu_seconds, daemon_of, drop_caches, emulated,
-    mount_build, ours_bin, pattern, per_gib, put_raw, read_file, read_raw, read_streamed,
+    fresh_memory, mount_build, ours_bin, pattern, per_gib, put_raw, read_file, read_raw,
+    read_streamed,
 };
 
 /// The object every read reads, under the access point's root (`/ours`).
@@ -34,6 +35,7 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
     let setup = Arc::new(emulated(&server).await?);
     let buf = bytes::Bytes::from(pattern());
     let key = ObjectPath::from(KEY);
+    let fresh_before = fresh_memory(size);
     put_raw(&server.store, &key, size, &buf).await?;
     println!(
         "{} reads of {} MiB, each build against the best raw read of the same repetition",
@@ -107,7 +109,13 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         println!("{line}");
     }
 
+    let fresh_after = fresh_memory(size);
     println!("summary over {} repetitions (median [quartiles]):", a.reads);
+    println!(
+        "  fresh memory: {} machine CPU s/GiB to touch before the reads, {} after",
+        seconds(fresh_before),
+        seconds(fresh_after)
+    );
     println!("  raw: machine busy {}", percent(quantile(&busy[0], 0.5)));
     for j in 0..builds.len() {
         let mut text = format!(
@@ -136,6 +144,10 @@ fn quantile(values: &[f64], q: f64) -> Option<f64> {
 fn spread(ratios: &[f64]) -> String {
     let at = |q| quantile(ratios, q).map_or("-".into(), |r| format!("{r:.2}x"));
     format!("{} [{}-{}]", at(0.5), at(0.25), at(0.75))
+}
+
+fn seconds(s: Option<f64>) -> String {
+    s.map_or("-".into(), |s| format!("{s:.2}"))
 }
 
 fn percent(share: Option<f64>) -> String {
