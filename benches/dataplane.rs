@@ -436,18 +436,20 @@ fn read_file(path: &Path, size: u64, expected: &[u8]) -> anyhow::Result<Run> {
     let mut file = std::fs::File::open(path)?;
     let mut chunk = vec![0u8; 1 << 20];
     let mut total = 0u64;
-    let mut first = Vec::new();
+    let (mut first, mut first_at) = (Vec::new(), None);
     loop {
         let n = file.read(&mut chunk)?;
         if n == 0 {
             break;
         }
         if first.is_empty() {
+            first_at = Some(span.at.elapsed().as_secs_f64());
             first = chunk[..n.min(4096)].to_vec();
         }
         total += n as u64;
     }
-    let run = span.end(size);
+    let mut run = span.end(size);
+    run.first = first_at;
     anyhow::ensure!(total == size, "read {total} of {size} bytes");
     anyhow::ensure!(first == expected[..first.len()], "read the wrong bytes");
     Ok(run)
@@ -682,6 +684,8 @@ fn boto3_runs(args: &[&str]) -> Option<Vec<Run>> {
             mbs,
             cpu: figures.next(),
             busy: figures.next(),
+            first: None,
+            cpu_after_first: None,
         });
     }
     Some(runs)
@@ -742,11 +746,19 @@ async fn read_streamed(
 ) -> anyhow::Result<Run> {
     let span = Span::start();
     let mut body = store.get(key).await?.into_stream();
-    let mut total = 0u64;
+    let (mut total, mut first_at, mut ticks) = (0u64, None, None);
     while let Some(piece) = body.next().await {
+        if first_at.is_none() {
+            first_at = Some(span.at.elapsed().as_secs_f64());
+            ticks = machine_cpu();
+        }
         total += piece?.len() as u64;
     }
-    let run = span.end(size);
+    let mut run = span.end(size);
+    run.first = first_at;
+    run.cpu_after_first = ticks
+        .zip(machine_cpu())
+        .map(|(a, b)| (b.busy - a.busy) as f64 / 100.0);
     anyhow::ensure!(total == size, "raw stream read {total} of {size}");
     Ok(run)
 }
@@ -950,13 +962,17 @@ fn machine_cpu() -> Option<Ticks> {
     })
 }
 
-/// One timed transfer: its rate, the machine's CPU seconds per GiB moved, and the share of the
-/// machine's CPU that was busy meanwhile (1.0: every core, all the time).
+/// One timed transfer: its rate, the machine's CPU seconds per GiB moved, the share of the
+/// machine's CPU that was busy meanwhile (1.0: every core, all the time), and for reads that
+/// time it, the seconds until the first bytes came; for a streamed read, the machine's CPU
+/// seconds from its first bytes to its end.
 #[derive(Clone, Copy, Default, Debug)]
 struct Run {
     mbs: f64,
     cpu: Option<f64>,
     busy: Option<f64>,
+    first: Option<f64>,
+    cpu_after_first: Option<f64>,
 }
 
 /// The start of a [`Run`].
@@ -989,6 +1005,8 @@ impl Span {
             mbs: mbs(bytes, elapsed),
             cpu,
             busy,
+            first: None,
+            cpu_after_first: None,
         }
     }
 }

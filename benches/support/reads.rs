@@ -9,12 +9,18 @@
 //! paired with the best raw read of its own repetition, and every build after the first with
 //! the first build's read of the same repetition; the run ends with the median and quartiles of
 //! each, and with what fresh memory cost the machine before and after the reads.
+//!
+//! Every read prints when its first bytes came. Where one stream is the fastest raw read (on
+//! moto), each repetition also measures the FUSE floor and prints the fastest any FUSE client
+//! reading through the page cache could read, given the stream's load time and the machine's
+//! CPU (see the comment where it is computed).
 
 use std::ffi::OsString;
 use std::sync::Arc;
 
 use object_store::path::Path as ObjectPath;
 
+use super::null_fuse;
 use super::{
     Args, Run, Server, ServerKind, Tool, boto3_read, cpu_seconds, daemon_of, drop_caches, emulated,
     fresh_memory, mount_build, ours_bin, pattern, per_gib, put_raw, read_file, read_raw,
@@ -49,7 +55,15 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
     let mut to_raw = vec![Vec::new(); builds.len()];
     let mut to_first = vec![Vec::new(); builds.len()];
     let mut busy = vec![Vec::new(); builds.len() + 1];
+    let mut ceiling = Vec::new();
+    // Seconds until the first bytes: raw's stream, then each build.
+    let mut first = vec![Vec::new(); builds.len() + 1];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let null_dir = tempfile::tempdir()?;
     for rep in 0..a.reads {
+        let floor = null_fuse::floor(&null_dir.path().join("null"), size, false)
+            .ok()
+            .map(|(_, read)| read);
         drop_caches();
         let mut raw = vec![read_streamed(&server.store, &key, size).await?];
         // moto copies the whole object for every ranged GET: object_store's ranges and boto3
@@ -70,14 +84,41 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             .unwrap_or_default();
         busy[0].extend(best.busy);
         let mut line = format!(
-            "{:>3}  raw {:.1} MiB/s ({})",
+            "{:>3}  raw {:.1} MiB/s ({}; stream's first bytes {})",
             rep + 1,
             best.mbs,
             raw.iter()
                 .map(|r| format!("{:.1}", r.mbs))
                 .collect::<Vec<_>>()
-                .join(" / ")
+                .join(" / "),
+            seconds(raw[0].first)
         );
+        first[0].extend(raw[0].first);
+        // Where one stream is the fastest raw read (moto), the fastest any FUSE client could
+        // read: nothing reaches the kernel before the stream's first bytes; after them the
+        // machine does at least the stream's own work (the server's sending, the socket's
+        // receive) plus the FUSE floor, on every core at once, and no faster than the stream
+        // alone.
+        let stream = raw[0];
+        if let (Some(first), Some(after), Some(floor), true) = (
+            stream.first,
+            stream.cpu_after_first,
+            floor,
+            stream.mbs >= best.mbs,
+        ) {
+            let secs = size as f64 / (1 << 20) as f64 / stream.mbs;
+            let gib = size as f64 / (1u64 << 30) as f64;
+            let fastest = first + (secs - first).max((after + floor * gib) / cores);
+            let bound = size as f64 / (1 << 20) as f64 / fastest / best.mbs;
+            ceiling.push(bound);
+            line += &format!(
+                "  [stream after its first bytes: {:.2} s, {:.2} CPU s; floor {:.2} s/GiB; a FUSE client at most {:.2}x]",
+                secs - first,
+                after,
+                floor,
+                bound
+            );
+        }
         let mut got = vec![Run::default(); builds.len()];
         for k in 0..builds.len() {
             let j = (rep + k) % builds.len();
@@ -94,11 +135,13 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
             got[j] = run;
             to_raw[j].push(run.mbs / best.mbs);
             busy[j + 1].extend(run.busy);
+            first[j + 1].extend(run.first);
             line += &format!(
-                "  #{} {:.1} {:.2}x (busy {}, daemon {} s/GiB)",
+                "  #{} {:.1} {:.2}x (first bytes {} s, busy {}, daemon {} s/GiB)",
                 j + 1,
                 run.mbs,
                 run.mbs / best.mbs,
+                seconds(run.first),
                 percent(run.busy),
                 cpu.map_or("-".into(), |c| format!("{c:.2}"))
             );
@@ -111,18 +154,29 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
 
     let fresh_after = fresh_memory(size);
     println!("summary over {} repetitions (median [quartiles]):", a.reads);
+    if !ceiling.is_empty() {
+        println!(
+            "  the fastest a FUSE client could read with one stream: {} raw",
+            spread(&ceiling)
+        );
+    }
     println!(
         "  fresh memory: {} machine CPU s/GiB to touch before the reads, {} after",
         seconds(fresh_before),
         seconds(fresh_after)
     );
-    println!("  raw: machine busy {}", percent(quantile(&busy[0], 0.5)));
+    println!(
+        "  raw: machine busy {}, the stream's first bytes after {} s",
+        percent(quantile(&busy[0], 0.5)),
+        seconds(quantile(&first[0], 0.5))
+    );
     for j in 0..builds.len() {
         let mut text = format!(
-            "  #{}: {} raw, machine busy {}",
+            "  #{}: {} raw, machine busy {}, first bytes after {} s",
             j + 1,
             spread(&to_raw[j]),
-            percent(quantile(&busy[j + 1], 0.5))
+            percent(quantile(&busy[j + 1], 0.5)),
+            seconds(quantile(&first[j + 1], 0.5))
         );
         if j > 0 {
             text += &format!(", {} build 1", spread(&to_first[j]));
