@@ -746,19 +746,17 @@ async fn read_streamed(
 ) -> anyhow::Result<Run> {
     let span = Span::start();
     let mut body = store.get(key).await?.into_stream();
-    let (mut total, mut first_at, mut ticks) = (0u64, None, None);
+    let (mut total, mut first_at, mut tail) = (0u64, None, None);
     while let Some(piece) = body.next().await {
         if first_at.is_none() {
             first_at = Some(span.at.elapsed().as_secs_f64());
-            ticks = machine_cpu();
+            tail = Some(Span::start());
         }
         total += piece?.len() as u64;
     }
     let mut run = span.end(size);
     run.first = first_at;
-    run.cpu_after_first = ticks
-        .zip(machine_cpu())
-        .map(|(a, b)| (b.busy - a.busy) as f64 / 100.0);
+    run.cpu_after_first = tail.and_then(|t| t.end(size).cpu);
     anyhow::ensure!(total == size, "raw stream read {total} of {size}");
     Ok(run)
 }
@@ -965,7 +963,7 @@ fn machine_cpu() -> Option<Ticks> {
 /// One timed transfer: its rate, the machine's CPU seconds per GiB moved, the share of the
 /// machine's CPU that was busy meanwhile (1.0: every core, all the time), and for reads that
 /// time it, the seconds until the first bytes came; for a streamed read, the machine's CPU
-/// seconds from its first bytes to its end.
+/// seconds per GiB from its first bytes to its end.
 #[derive(Clone, Copy, Default, Debug)]
 struct Run {
     mbs: f64,

@@ -61,9 +61,6 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let null_dir = tempfile::tempdir()?;
     for rep in 0..a.reads {
-        let floor = null_fuse::floor(&null_dir.path().join("null"), size, false)
-            .ok()
-            .map(|(_, read)| read);
         drop_caches();
         let mut raw = vec![read_streamed(&server.store, &key, size).await?];
         // moto copies the whole object for every ranged GET: object_store's ranges and boto3
@@ -100,19 +97,25 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         // receive) plus the FUSE floor, on every core at once, and no faster than the stream
         // alone.
         let stream = raw[0];
-        if let (Some(first), Some(after), Some(floor), true) = (
-            stream.first,
-            stream.cpu_after_first,
-            floor,
-            stream.mbs >= best.mbs,
-        ) {
-            let secs = size as f64 / (1 << 20) as f64 / stream.mbs;
-            let gib = size as f64 / (1u64 << 30) as f64;
-            let fastest = first + (secs - first).max((after + floor * gib) / cores);
-            let bound = size as f64 / (1 << 20) as f64 / fastest / best.mbs;
+        let floor = || {
+            null_fuse::floor(&null_dir.path().join("null"), size, false)
+                .ok()
+                .map(|(_, read)| read)
+        };
+        if let (Some(first), Some(after), true) =
+            (stream.first, stream.cpu_after_first, stream.mbs >= best.mbs)
+            && let Some(floor) = floor()
+        {
+            let (mib, gib) = (
+                size as f64 / (1 << 20) as f64,
+                size as f64 / (1u64 << 30) as f64,
+            );
+            let secs = mib / stream.mbs;
+            let fastest = first + (secs - first).max((after + floor) * gib / cores);
+            let bound = mib / fastest / best.mbs;
             ceiling.push(bound);
             line += &format!(
-                "  [stream after its first bytes: {:.2} s, {:.2} CPU s; floor {:.2} s/GiB; a FUSE client at most {:.2}x]",
+                "  [stream after its first bytes: {:.2} s, {:.2} CPU s/GiB; floor {:.2} s/GiB; a FUSE client at most {:.2}x]",
                 secs - first,
                 after,
                 floor,
