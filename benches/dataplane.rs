@@ -9,7 +9,7 @@
 //! cargo bench --bench dataplane -- [--size-mib 1024] [--small 2000] [--entries 10000]
 //!                                  [--server moto|s3s-fs] [--s3-url http://HOST:PORT]
 //!                                  [--tools s3files-csi,s3fs,rclone] [--rounds 1] [--serve-only]
-//!                                  [--reads N]
+//!                                  [--reads N] [--floor]
 //! ```
 //!
 //! Without `--s3-url` it starts a fresh server on loopback for each tool: `moto_server` by
@@ -17,6 +17,8 @@
 //! `--serve-only` starts just the server (and its bucket) and waits, for measuring by hand.
 //! `--reads N` measures only the sequential read, N times over one object, each time raw and
 //! through each build given as `S3FILES_BENCH_BIN=A,B` (`support/reads.rs`).
+//! `--floor` measures only the FUSE floor of reading, by the reader's read size, with and
+//! without the page cache (no S3 server; `support/null_fuse.rs`).
 //! `--rounds N` measures everything N times, the tools in a rotating order, and ends with the
 //! median of every figure and of every round's own ratios: one run's figures move more between
 //! runs than the gaps between tools.
@@ -87,6 +89,9 @@ struct Args {
     rounds: usize,
     /// `--reads N`: only the sequential read, N times ([`reads`]).
     reads: usize,
+    /// `--floor`: only the FUSE floor of reading, by read size, with and without the page
+    /// cache ([`null_fuse::by_read_size`]).
+    floor: bool,
 }
 
 /// The S3 server the bench starts (one per tool) when no `--s3-url` is given.
@@ -109,6 +114,7 @@ fn args() -> Args {
         serve_only: false,
         rounds: 1,
         reads: 0,
+        floor: false,
         tools: vec!["s3files-csi".into(), "s3fs".into(), "rclone".into()],
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -130,6 +136,11 @@ fn args() -> Args {
                 }
             }
             "--tools" => a.tools = value.split(',').map(str::to_owned).collect(),
+            "--floor" => {
+                a.floor = true;
+                i += 1;
+                continue;
+            }
             "--serve-only" => {
                 a.serve_only = true;
                 i += 1;
@@ -1255,6 +1266,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.reads > 0 {
         return reads::run(&a).await;
+    }
+    if a.floor {
+        return null_fuse::by_read_size(a.size_mib << 20, a.rounds);
     }
     println!(
         "data-plane benchmark: {} MiB sequential, {} small files of {} KiB, {} entries listed; S3 server {}",

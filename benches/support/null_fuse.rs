@@ -112,53 +112,155 @@ impl Filesystem for Null {
     }
 }
 
+/// A mount of the null file system, its one file `size` bytes long.
+pub struct NullMount {
+    file: std::path::PathBuf,
+    size: u64,
+    _session: fuser::BackgroundSession,
+}
+
+impl NullMount {
+    /// Mounts at `dir` (created), with or without the page cache (`direct`).
+    pub fn new(dir: &Path, size: u64, direct: bool) -> anyhow::Result<NullMount> {
+        std::fs::create_dir_all(dir)?;
+        let fs = Null {
+            size,
+            data: vec![0x5a; 1 << 20],
+            direct,
+        };
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![fuser::MountOption::FSName("null".into())];
+        config.n_threads = Some(2);
+        let session = fuser::spawn_mount(fs, dir, &config)?;
+        // The mount under test reads ahead 1 MiB at a time (its helper sets the knob); so does
+        // this.
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(dir)?.dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            nix::sys::stat::major(dev),
+            nix::sys::stat::minor(dev)
+        );
+        let _ = std::fs::write(knob, "1024");
+        Ok(NullMount {
+            file: dir.join("f"),
+            size,
+            _session: session,
+        })
+    }
+
+    /// Writes the whole file in 1 MiB calls.
+    pub fn write(&self) -> anyhow::Result<crate::Run> {
+        let block = vec![0xa5u8; 1 << 20];
+        let span = crate::Span::start();
+        let mut out = std::fs::OpenOptions::new().write(true).open(&self.file)?;
+        for _ in 0..self.size >> 20 {
+            out.write_all(&block)?;
+        }
+        drop(out);
+        Ok(span.end(self.size))
+    }
+
+    /// Reads the whole file in calls of `chunk` bytes, from nothing cached (what was written or
+    /// read before would otherwise be read from the page cache).
+    pub fn read(&self, chunk: usize) -> anyhow::Result<crate::Run> {
+        crate::drop_caches();
+        let span = crate::Span::start();
+        let mut input = std::fs::File::open(&self.file)?;
+        let mut buf = vec![0u8; chunk];
+        let mut total = 0u64;
+        loop {
+            let n = input.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        let run = span.end(self.size);
+        anyhow::ensure!(
+            total == self.size,
+            "null read {total} of {} bytes",
+            self.size
+        );
+        Ok(run)
+    }
+}
+
 /// Machine CPU seconds per GiB of writing and of reading `size` bytes in 1 MiB calls through
 /// the null file system at `dir` (created), with or without the page cache (`direct`).
 pub fn floor(dir: &Path, size: u64, direct: bool) -> anyhow::Result<(f64, f64)> {
-    std::fs::create_dir_all(dir)?;
-    let fs = Null {
-        size,
-        data: vec![0x5a; 1 << 20],
-        direct,
-    };
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![fuser::MountOption::FSName("null".into())];
-    config.n_threads = Some(2);
-    let session = fuser::spawn_mount(fs, dir, &config)?;
-    let file = dir.join("f");
-    // The mount under test reads ahead 1 MiB at a time (its helper sets the knob); so does this.
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(dir)?.dev();
-    let knob = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    );
-    let _ = std::fs::write(knob, "1024");
-    let block = vec![0xa5u8; 1 << 20];
-    let span = crate::Span::start();
-    let mut out = std::fs::OpenOptions::new().write(true).open(&file)?;
-    for _ in 0..size >> 20 {
-        out.write_all(&block)?;
-    }
-    drop(out);
-    let write = span.end(size).cpu;
-    // What was written stays in the page cache (without direct I/O) and would be read from it.
-    crate::drop_caches();
-    let span = crate::Span::start();
-    let mut input = std::fs::File::open(&file)?;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = input.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    anyhow::ensure!(total == size, "null read {total} of {size} bytes");
-    let read = span.end(size).cpu;
-    drop(input);
-    drop(session);
+    let mount = NullMount::new(dir, size, direct)?;
+    let write = mount.write()?.cpu;
+    let read = mount.read(1 << 20)?.cpu;
     Ok((write.unwrap_or(f64::NAN), read.unwrap_or(f64::NAN)))
+}
+
+/// The read sizes `--floor` reads with: Go's `bufio` (4 KiB), Rust's `BufReader` and Java's
+/// streams (8 KiB), coreutils' `cat` and `cp` (128 KiB), and the mount's own largest request
+/// (1 MiB).
+const READ_SIZES: [usize; 4] = [4 << 10, 8 << 10, 128 << 10, 1 << 20];
+
+/// `--floor`: reads `size` bytes through the null file system in calls of each of
+/// [`READ_SIZES`], with the page cache and with direct I/O (`FOPEN_DIRECT_IO`), `rounds` times
+/// with the two modes in turn first, and prints each read and the medians. With the page cache
+/// the kernel asks the daemon for 1 MiB at a time whatever the reader's size; with direct I/O
+/// every read the reader makes is one request to the daemon, so this is what a daemon that
+/// opened files for direct I/O would cost readers that read in small calls.
+pub fn by_read_size(size: u64, rounds: usize) -> anyhow::Result<()> {
+    println!(
+        "FUSE floor of reading {} MiB by read size: MiB/s and machine CPU s/GiB",
+        size >> 20
+    );
+    // Per mode, per read size: MiB/s and CPU s/GiB of each round.
+    let mut figures = vec![vec![(Vec::new(), Vec::new()); READ_SIZES.len()]; 2];
+    for round in 0..rounds {
+        for m in [round % 2, 1 - round % 2] {
+            let direct = m == 1;
+            let dir = tempfile::tempdir()?;
+            let mount = NullMount::new(&dir.path().join("null"), size, direct)?;
+            for (i, &chunk) in READ_SIZES.iter().enumerate() {
+                let run = mount.read(chunk)?;
+                let cpu = run.cpu.unwrap_or(f64::NAN);
+                println!(
+                    "  round {}: {:<10} reads of {:>4} KiB: {:>7.1} MiB/s, {:.2} CPU s/GiB",
+                    round + 1,
+                    mode_name(direct),
+                    chunk >> 10,
+                    run.mbs,
+                    cpu
+                );
+                figures[m][i].0.push(run.mbs);
+                figures[m][i].1.push(cpu);
+            }
+        }
+    }
+    println!("medians of {rounds} round(s):");
+    println!(
+        "  {:>9} | {:>22} | {:>22} | direct / page cache",
+        "read size", "page cache", "direct I/O"
+    );
+    for (i, &chunk) in READ_SIZES.iter().enumerate() {
+        let [cached, direct] = [0, 1].map(|m| {
+            let (mbs, cpu) = &figures[m][i];
+            (
+                crate::median(mbs.clone()).unwrap_or(f64::NAN),
+                crate::median(cpu.clone()).unwrap_or(f64::NAN),
+            )
+        });
+        println!(
+            "  {:>5} KiB | {:>7.1} MiB/s {:>5.2} s/GiB | {:>7.1} MiB/s {:>5.2} s/GiB | {:.2}x speed, {:.2}x CPU",
+            chunk >> 10,
+            cached.0,
+            cached.1,
+            direct.0,
+            direct.1,
+            direct.0 / cached.0,
+            direct.1 / cached.1
+        );
+    }
+    Ok(())
+}
+
+fn mode_name(direct: bool) -> &'static str {
+    if direct { "direct I/O" } else { "page cache" }
 }
