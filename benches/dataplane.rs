@@ -1480,12 +1480,35 @@ fn fresh_memory(size: u64) -> Option<f64> {
     span.end(size).cpu
 }
 
+/// How this VM hands freed memory back to its host, when it does (free page reporting): the
+/// smallest block it reports and how long a block stays free first. A page the host took back
+/// costs a fault on the host the next time it is touched, so with blocks reported at once a
+/// client that reads through the page cache pays for memory that a raw client, reading into
+/// buffers it reuses, never asks for: the same build read s3s-fs at 0.81x raw with blocks
+/// reported at once and at 0.97-1.00x with them held for 60 s (docs/BENCHMARKS.md).
+fn page_reporting() -> Option<String> {
+    let param = |name: &str| {
+        std::fs::read_to_string(format!("/sys/module/page_reporting/parameters/{name}"))
+            .ok()
+            .map(|v| v.trim().to_owned())
+    };
+    let order: u32 = param("page_reporting_order")?.parse().ok()?;
+    let held = param("min_free_ms").map_or(String::new(), |ms| format!(", held {ms} ms first"));
+    Some(format!(
+        "free page reporting: blocks of {} KiB and more go back to the host{held}",
+        4u64 << order
+    ))
+}
+
 /// Raw, then each tool in `order`, each against a fresh server.
 async fn one_round(a: &Arc<Args>, order: &[Tool]) -> anyhow::Result<Round> {
     eprintln!("FUSE floor...");
     let floor = fuse_floor(a.size_mib << 20);
     if let Some(fresh) = fresh_memory(a.size_mib << 20) {
         println!("fresh memory: {fresh:.2} machine CPU s/GiB to touch");
+    }
+    if let Some(reporting) = page_reporting() {
+        println!("{reporting}");
     }
     eprintln!("raw...");
     // The ceiling is no system under test: one that fails (s3s-fs once refused a part under

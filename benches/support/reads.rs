@@ -26,8 +26,8 @@ use object_store::path::Path as ObjectPath;
 use super::null_fuse;
 use super::{
     Args, Run, Server, ServerKind, Tool, boto3_read, cpu_seconds, daemon_of, drop_caches, emulated,
-    fresh_memory, mount_build, ours_bin, pattern, per_gib, put_raw, read_file, read_raw,
-    read_streamed,
+    fresh_memory, mount_build, ours_bin, page_reporting, pattern, per_gib, put_raw, read_file,
+    read_raw, read_streamed,
 };
 
 /// The object every read reads, under the access point's root (`/ours`).
@@ -179,6 +179,9 @@ pub async fn run(a: &Args) -> anyhow::Result<()> {
         seconds(fresh_before),
         seconds(fresh_after)
     );
+    if let Some(reporting) = page_reporting() {
+        println!("  {reporting}");
+    }
     println!(
         "  raw: machine busy {}, the stream's first bytes after {} s",
         percent(quantile(&busy[0], 0.5)),
