@@ -1484,8 +1484,7 @@ fn fresh_memory(size: u64) -> Option<f64> {
 /// smallest block it reports and how long a block stays free first. A page the host took back
 /// costs a fault on the host the next time it is touched, so with blocks reported at once a
 /// client that reads through the page cache pays for memory that a raw client, reading into
-/// buffers it reuses, never asks for: the same build read s3s-fs at 0.81x raw with blocks
-/// reported at once and at 0.97-1.00x with them held for 60 s (docs/BENCHMARKS.md).
+/// buffers it reuses, never asks for (docs/BENCHMARKS.md, "Free page reporting").
 fn page_reporting() -> Option<String> {
     let param = |name: &str| {
         std::fs::read_to_string(format!("/sys/module/page_reporting/parameters/{name}"))
