@@ -1455,7 +1455,7 @@ fn fuse_floor(size: u64) -> [Option<f64>; 2] {
             Ok((write, read)) => {
                 println!(
                     "FUSE floor ({}): write {write:.2}, read {read:.2} machine CPU s/GiB",
-                    if direct { "direct I/O" } else { "page cache" }
+                    null_fuse::mode_name(direct)
                 );
                 for (b, v) in best.iter_mut().zip([write, read]) {
                     *b = Some(b.map_or(v, |b: f64| b.min(v)));

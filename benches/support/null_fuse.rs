@@ -261,6 +261,7 @@ pub fn by_read_size(size: u64, rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn mode_name(direct: bool) -> &'static str {
+/// How a null mount is named in the figures.
+pub fn mode_name(direct: bool) -> &'static str {
     if direct { "direct I/O" } else { "page cache" }
 }
